@@ -1,0 +1,135 @@
+"""PEFT LoRA -> GGUF LoRA, written with gguf-py, so llama.cpp applies the adapter to a quantized base.
+
+Why our own converter: llama.cpp's `convert_lora_to_gguf.py` is a script inside its source tree
+(not installable), and Unsloth's GGUF export clones and builds llama.cpp at run time, which fails
+offline. The format is small: `general.type=adapter`, `adapter.type=lora`, `adapter.lora.alpha`,
+and per adapted weight `<gguf name>.weight.lora_a` (r x in) and `.lora_b` (out x r).
+
+The one subtlety: llama-architecture GGUFs store the rows of attn_q/attn_k permuted for llama.cpp's
+RoPE layout (transformers un-permutes them when it loads a GGUF). lora_B's rows map onto those
+rows, so lora_B of q and k gets the same permutation; without it the adapted model disagrees
+with PEFT (measured logit correlation 0.56 vs 0.99).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .store import atomic_path
+
+
+class AdapterError(ValueError):
+    pass
+
+
+def gguf_model_info(path: str | Path) -> dict[str, Any]:
+    """Architecture and attention shape of a base GGUF (read without loading tensors)."""
+    import gguf
+
+    reader = gguf.GGUFReader(str(path))
+
+    def field(key: str) -> Any:
+        f = reader.fields.get(key)
+        return f.contents() if f is not None else None
+
+    arch = field("general.architecture")
+    if arch is None:
+        raise AdapterError(f"{path}: no general.architecture in GGUF")
+    return {
+        "arch": arch,
+        "n_head": field(f"{arch}.attention.head_count"),
+        "n_head_kv": field(f"{arch}.attention.head_count_kv") or field(f"{arch}.attention.head_count"),
+        "n_blocks": field(f"{arch}.block_count"),
+        "file_type": field("general.file_type"),
+        "tensors": {t.name: tuple(int(x) for x in t.shape) for t in reader.tensors},
+    }
+
+
+def permute_rows(w: np.ndarray, n_head: int) -> np.ndarray:
+    """The row order llama.cpp's converter gives q/k projections for the llama architecture
+    (each head's two rotary halves interleaved)."""
+    return w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+
+
+def _arch_enum(arch: str):
+    import gguf
+
+    for k, v in gguf.MODEL_ARCH_NAMES.items():
+        if v == arch:
+            return k
+    raise AdapterError(f"architecture {arch!r} is unknown to gguf-py")
+
+
+def peft_to_gguf(adapter_dir: str | Path, base_gguf: str | Path, out: str | Path) -> dict[str, Any]:
+    """Convert a PEFT LoRA folder to a GGUF LoRA for `base_gguf`. Returns a summary."""
+    import gguf
+    from safetensors.torch import load_file  # torch reads bf16, which numpy cannot
+
+    adapter_dir = Path(adapter_dir)
+    cfg_path = adapter_dir / "adapter_config.json"
+    weights_path = adapter_dir / "adapter_model.safetensors"
+    if not cfg_path.exists() or not weights_path.exists():
+        raise AdapterError(f"{adapter_dir}: not a PEFT adapter (needs adapter_config.json and adapter_model.safetensors)")
+    cfg = json.loads(cfg_path.read_text())
+    if cfg.get("peft_type", "LORA") != "LORA":
+        raise AdapterError(f"{adapter_dir}: only LoRA adapters convert (peft_type={cfg.get('peft_type')})")
+    r = int(cfg["r"])
+    alpha = float(cfg["lora_alpha"])
+    if cfg.get("use_rslora"):
+        alpha = alpha * math.sqrt(r)  # rsLoRA scales by alpha/sqrt(r); llama.cpp by alpha/r
+    if cfg.get("rank_pattern") or cfg.get("alpha_pattern"):
+        raise AdapterError(f"{adapter_dir}: per-layer rank/alpha patterns are not supported")
+
+    info = gguf_model_info(base_gguf)
+    arch = info["arch"]
+    name_map = gguf.get_tensor_name_map(_arch_enum(arch), int(info["n_blocks"]))
+    tensors = load_file(str(weights_path))
+
+    pairs: dict[str, dict[str, np.ndarray]] = {}
+    for key, value in tensors.items():
+        if ".lora_A." in key:
+            module, part = key.split(".lora_A.")[0], "a"
+        elif ".lora_B." in key:
+            module, part = key.split(".lora_B.")[0], "b"
+        else:
+            raise AdapterError(f"{weights_path}: unexpected tensor {key} (only LoRA A/B weights convert)")
+        hf_name = module.removeprefix("base_model.model.")
+        gguf_name = name_map.get_name(hf_name + ".weight", try_suffixes=(".weight",))
+        if gguf_name is None:
+            raise AdapterError(f"{key}: no GGUF name for module {hf_name}")
+        pairs.setdefault(gguf_name, {})[part] = value.float().numpy()
+
+    writer_summary = []
+    with atomic_path(out, suffix=".gguf") as tmp:
+        writer = gguf.GGUFWriter(str(tmp), arch)
+        writer.add_type(gguf.GGUFType.ADAPTER)
+        writer.add_string(gguf.Keys.Adapter.TYPE, "lora")
+        writer.add_float32(gguf.Keys.Adapter.LORA_ALPHA, alpha)
+        for name in sorted(pairs):
+            ab = pairs[name]
+            if "a" not in ab or "b" not in ab:
+                raise AdapterError(f"{name}: LoRA A or B missing")
+            a, b = ab["a"], ab["b"]
+            base_shape = info["tensors"].get(name)
+            if base_shape is None:
+                raise AdapterError(f"{name}: the base GGUF has no such tensor (wrong base model?)")
+            # GGUF shapes are (in, out); PEFT's A is (r, in) and B is (out, r).
+            if base_shape != (a.shape[1], b.shape[0]):
+                raise AdapterError(f"{name}: adapter is {b.shape[0]}x{a.shape[1]}, base is {base_shape[1]}x{base_shape[0]}")
+            if arch == "llama" and name.endswith("attn_q.weight"):
+                b = permute_rows(b, int(info["n_head"]))
+            elif arch == "llama" and name.endswith("attn_k.weight"):
+                b = permute_rows(b, int(info["n_head_kv"]))
+            writer.add_tensor(name + ".lora_a", np.ascontiguousarray(a))
+            writer.add_tensor(name + ".lora_b", np.ascontiguousarray(b))
+            writer_summary.append(name)
+        writer.write_header_to_file()
+        writer.write_kv_data_to_file()
+        writer.write_tensors_to_file()
+        writer.close()
+    return {"tensors": len(writer_summary), "rank": r, "alpha": alpha, "arch": arch}

@@ -1,0 +1,64 @@
+"""Self-augmentation: the backward model writes an instruction for every segment.
+
+Appends one JSONL record per segment and resumes after the last complete line. Each segment is
+sampled with its own seed (derived from the run seed and the segment id), so a resumed run
+writes exactly what an uninterrupted one would.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from pathlib import Path
+
+from . import prompts
+from .engine import Engine
+from .recipe import AugmentConfig
+from .store import JsonlAppender
+
+
+def item_seed(seed: int, item_id: str) -> int:
+    return int(hashlib.sha256(f"{seed}:{item_id}".encode()).hexdigest()[:8], 16) % (2**31 - 1)
+
+
+def backward_prompt(engine: Engine, text: str, max_segment_tokens: int) -> str:
+    return engine.format(prompts.backward_messages(engine.truncate(text, max_segment_tokens)))
+
+
+def augment(
+    engine: Engine,
+    segments: list[dict],
+    out_path: str | Path,
+    cfg: AugmentConfig,
+    seed: int = 0,
+    on_item: Callable[[], None] | None = None,
+) -> dict[str, int]:
+    """Write `{"id", "instruction", "output", "provenance", "raw"}` per segment to out_path."""
+    new = 0
+    with JsonlAppender(out_path) as out:
+        done = {r["id"] for r in out.done}
+        for _ in done:
+            if on_item:
+                on_item()
+        for seg in segments:
+            if seg["id"] in done:
+                continue
+            prompt = backward_prompt(engine, seg["text"], cfg.max_segment_tokens)
+            raw = engine.generate(
+                prompt,
+                max_tokens=cfg.max_new_tokens,
+                temperature=cfg.temperature,
+                top_p=cfg.top_p,
+                seed=item_seed(seed, seg["id"]),
+            )
+            out.append({
+                "id": seg["id"],
+                "instruction": prompts.clean_instruction(raw),
+                "output": seg["text"],
+                "provenance": seg.get("source", ""),
+                "raw": raw,
+            })
+            new += 1
+            if on_item:
+                on_item()
+    return {"pairs": len(done) + new, "resumed_from": len(done)}

@@ -1,0 +1,241 @@
+"""The `humpback` command: parse, load the recipe, call the library, print. Nothing else here."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+
+from . import __version__
+
+ERRORS: tuple[type[BaseException], ...] = ()
+
+
+def _errors() -> tuple[type[BaseException], ...]:
+    """User-facing error types: printed as one line, exit status 1, no traceback."""
+    from .adapters import AdapterError
+    from .corpus import CorpusError
+    from .models import ModelError
+    from .recipe import RecipeError
+    from .store import DataError
+
+    return (RecipeError, DataError, ModelError, CorpusError, AdapterError, FileNotFoundError, OSError)
+
+
+class _Group(click.Group):
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except _errors() as e:
+            from .ui import console
+
+            console.print(f"[bold red]error:[/] {e}", highlight=False, markup=True)
+            sys.exit(1)
+
+
+@click.group(cls=_Group)
+@click.version_option(__version__, prog_name="humpback")
+def main() -> None:
+    """Instruction backtranslation (Humpback) on one machine: segment, augment, curate, train."""
+
+
+# ----------------------------------------------------------------------------- the loop
+
+
+@main.command()
+@click.argument("recipe", type=click.Path(dir_okay=False))
+@click.argument("overrides", nargs=-1)
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), help="Run folder (default runs/<recipe name>).")
+def run(recipe: str, overrides: tuple[str, ...], out_dir: str | None) -> None:
+    """Run (or resume) the whole loop described by RECIPE, with KEY=VALUE overrides.
+
+    Example: humpback run recipes/quickstart.yaml rounds=1 train.epochs=2
+    """
+    from .loop import run as run_loop
+    from .recipe import load_recipe
+    from .ui import console
+
+    rec = load_recipe(recipe, overrides)
+    out = Path(out_dir or Path("runs") / rec.name)
+    console.print(f"run folder: [bold]{out}[/] (rerun the same command to resume)")
+    run_dir = run_loop(rec, out)
+    _print_status(run_dir.root)
+    console.print(f"[green]done:[/] {run_dir.root / 'export'}")
+
+
+@main.command()
+@click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="Print the manifest as JSON.")
+def status(run_dir: str, as_json: bool) -> None:
+    """Show the stages of a run: status, counts, kept pairs and times."""
+    if as_json:
+        from .store import Run
+
+        click.echo(json.dumps(Run(run_dir).manifest, indent=2))
+        return
+    _print_status(Path(run_dir))
+
+
+def _print_status(root: Path) -> None:
+    from rich.table import Table
+
+    from .store import Run
+    from .ui import console
+
+    run_ = Run(root)
+    table = Table(title=f"run {root}")
+    for col in ("stage", "status", "seconds", "counts"):
+        table.add_column(col)
+    for name, rec in run_.manifest["stages"].items():
+        counts = rec.get("counts") or {}
+        shown = ", ".join(f"{k}={v}" for k, v in counts.items() if not isinstance(v, (dict, list)))
+        if "histogram" in counts:
+            shown += f", histogram={counts['histogram']}"
+        table.add_row(name, rec["status"], f"{rec.get('seconds') or '':}", shown)
+    console.print(table)
+
+
+@main.command()
+def models() -> None:
+    """List model cards and whether each is cached locally."""
+    from rich.table import Table
+
+    from .models import home, list_cards
+    from .ui import console
+
+    table = Table(title=f"models (cache: {home() / 'models'})")
+    for col in ("name", "description", "license", "gguf from", "cached"):
+        table.add_column(col)
+    for card in list_cards():
+        src = card.gguf.get("pypi") or card.gguf.get("hf_repo") or card.gguf.get("path", "")
+        table.add_row(card.name, card.description, card.license, src, "yes" if card.is_cached() else "no")
+    console.print(table)
+
+
+# ----------------------------------------------------------------------------- single stages on plain files
+
+
+def _engine(model: str, adapter: str | None, n_ctx: int, seed: int):
+    from .engine import Engine
+    from .models import fetch, get_card
+
+    return Engine(fetch(get_card(model)), adapter=adapter, n_ctx=n_ctx, seed=seed)
+
+
+@main.command()
+@click.argument("inputs", nargs=-1, required=True)
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="segments.jsonl to write.")
+@click.option("--min-chars", default=600, show_default=True)
+@click.option("--max-chars", default=3000, show_default=True)
+@click.option("--max-segments", type=int, default=None)
+def segment(inputs: tuple[str, ...], output: str, min_chars: int, max_chars: int, max_segments: int | None) -> None:
+    """Split INPUTS (files, folders, pydoc:topics) into candidate answers (`text`, `source`)."""
+    from .corpus import CorpusError, segment as do_segment
+    from .store import write_jsonl
+    from .ui import console
+
+    records, funnel = do_segment(list(inputs), min_chars, max_chars, max_segments)
+    for w in funnel.warnings:
+        console.print(f"[yellow]warning:[/] {w}", highlight=False)
+    if not records:
+        raise CorpusError(f"no segments of {min_chars}-{max_chars} characters found in {', '.join(inputs)}")
+    write_jsonl(output, records)
+    console.print(f"{len(records)} segments -> {output}  ({dict(funnel.counts)})")
+
+
+@main.command()
+@click.argument("segments", type=click.Path(exists=True, dir_okay=False))
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="pairs.jsonl (appends; resumes).")
+@click.option("--model", default="smollm2-135m", show_default=True, help="Model card name or .gguf path.")
+@click.option("--adapter", type=click.Path(exists=True, dir_okay=False), help="Backward-model GGUF LoRA.")
+@click.option("--temperature", default=0.7, show_default=True)
+@click.option("--top-p", default=0.9, show_default=True)
+@click.option("--max-new-tokens", default=64, show_default=True)
+@click.option("--seed", default=0, show_default=True)
+@click.option("--n-ctx", default=2048, show_default=True)
+def augment(segments, output, model, adapter, temperature, top_p, max_new_tokens, seed, n_ctx) -> None:
+    """Write an instruction for every segment (self-augmentation with a backward model)."""
+    from .augment import augment as do_augment
+    from .recipe import AugmentConfig
+    from .store import read_jsonl
+    from .ui import console, progress
+
+    rows = read_jsonl(segments, required=("text",))
+    for i, r in enumerate(rows):
+        r.setdefault("id", f"seg-{i:06d}")
+    cfg = AugmentConfig(temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens)
+    engine = _engine(model, adapter, n_ctx, seed)
+    with progress("augment", len(rows)) as advance:
+        counts = do_augment(engine, rows, output, cfg, seed, on_item=advance)
+    engine.close()
+    console.print(f"{counts['pairs']} pairs -> {output}")
+
+
+@main.command()
+@click.argument("pairs", type=click.Path(exists=True, dir_okay=False))
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="scored.jsonl (appends; resumes).")
+@click.option("--model", default="smollm2-135m", show_default=True)
+@click.option("--adapter", type=click.Path(exists=True, dir_okay=False), help="Judge GGUF LoRA (e.g. M0).")
+@click.option("--mode", type=click.Choice(["expected", "reasoning"]), default="expected", show_default=True)
+@click.option("--no-tags", is_flag=True, help="Judge without the seed tag as system prompt.")
+@click.option("--n-ctx", default=2048, show_default=True)
+def score(pairs, output, model, adapter, mode, no_tags, n_ctx) -> None:
+    """Rate every (instruction, output) pair on the paper's 5-point rubric."""
+    from .curate import score_pairs
+    from .recipe import CurateConfig
+    from .store import read_jsonl
+    from .ui import console, progress
+
+    rows = read_jsonl(pairs, required=("instruction", "output"))
+    for i, r in enumerate(rows):
+        r.setdefault("id", f"pair-{i:06d}")
+    engine = _engine(model, adapter, n_ctx, 0)
+    with progress(f"score ({mode})", len(rows)) as advance:
+        summary = score_pairs(engine, rows, output, CurateConfig(mode=mode), tags=not no_tags, on_item=advance)
+    engine.close()
+    console.print(f"{summary['scored']} scored -> {output}; mean {summary['mean_score']}; histogram {summary['histogram']}")
+
+
+@main.command()
+@click.argument("data", type=click.Path(exists=True, dir_okay=False))
+@click.option("-o", "--output", required=True, type=click.Path(file_okay=False), help="Adapter folder to write.")
+@click.option("--model", default="smollm2-135m", show_default=True)
+@click.option("--direction", type=click.Choice(["forward", "backward"]), default="forward", show_default=True,
+              help="forward: instruction -> output; backward: output -> instruction.")
+@click.option("--no-tags", is_flag=True)
+@click.argument("overrides", nargs=-1)
+def train(data, output, model, direction, no_tags, overrides) -> None:
+    """Fine-tune a LoRA on DATA (JSONL with `instruction`, `output`); writes PEFT + adapter.gguf.
+
+    OVERRIDES are TrainConfig keys, e.g. epochs=2 lora_r=8 max_steps=10.
+    """
+    from . import prompts
+    from .adapters import peft_to_gguf
+    from .models import fetch, get_card
+    from .recipe import RecipeError, TrainConfig, _build, parse_overrides
+    from .store import read_jsonl
+    from .train import prepare_weights, train_lora
+    from .ui import console, progress
+
+    try:
+        cfg = _build(TrainConfig, parse_overrides(overrides), "train.")
+    except RecipeError:
+        raise
+    rows = read_jsonl(data, required=("instruction", "output"))
+    if direction == "backward":
+        examples = [prompts.backward_row(r) for r in rows]
+    else:
+        examples = [prompts.forward_row({**r, "kind": r.get("source", "seed")}, not no_tags) for r in rows]
+    card = get_card(model)
+    gguf = fetch(card)
+    weights = prepare_weights(card, gguf)
+    with progress("train", None) as advance:
+        stats = train_lora(examples, output, weights, cfg, progress=lambda s, t: advance(1, total=t))
+    peft_to_gguf(output, gguf, Path(output) / "adapter.gguf")
+    console.print(f"adapter -> {output} (+ adapter.gguf); {stats}")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

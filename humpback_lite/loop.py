@@ -1,0 +1,228 @@
+"""The Humpback loop, stage by stage, as checkpointed folders of a run directory.
+
+    seed -> corpus -> backward (M_yx) -> augment -> round_00/train (M0 on seed)
+    for r in 1..rounds: round_r/score (by M_{r-1}) -> round_r/select (score >= k)
+                        -> round_r/train (M_r on seed + A_r)
+    -> export
+
+Each stage's fingerprint hashes its settings and its inputs' fingerprints, so a changed setting
+re-runs that stage and what depends on it, and nothing else. Stages hand off through files only.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from . import __version__, corpus, curate, prompts, ui
+from .augment import augment
+from .models import fetch, get_card
+from .recipe import Recipe, dump_recipe
+from .seed import load_seed, seed_digest
+from .store import Run, file_digest, fingerprint, read_jsonl, write_jsonl, write_text
+
+STAGE_VERSION = 1  # bump when a stage's output format or algorithm changes
+
+
+def input_digest(ref: str) -> str:
+    """Identity of a corpus input: file contents for files, Python version for pydoc."""
+    if ref == "pydoc:topics":
+        return f"pydoc:{sys.version_info[:3]}"
+    p = Path(ref).expanduser()
+    if p.is_dir():
+        return fingerprint([(str(f.relative_to(p)), file_digest(f)) for f in sorted(p.rglob("*")) if f.is_file()])
+    if p.is_file():
+        return file_digest(p)
+    return ref
+
+
+def round_dir(r: int) -> str:
+    return f"round_{r:02d}"
+
+
+class Loop:
+    """One run of the recipe in `out_dir`. Each method is one stage; `run()` strings them."""
+
+    def __init__(self, recipe: Recipe, out_dir: str | Path):
+        self.recipe = recipe
+        self.run_dir = Run(out_dir)
+        self.card = get_card(recipe.model)
+        self.gguf = None
+        self.fp: dict[str, str] = {}
+
+    # ------------------------------------------------------------------ helpers
+
+    def _engine(self, adapter: Path | None, seed: int | None = None):
+        from .engine import Engine
+
+        e = self.recipe.engine
+        return Engine(self.gguf, adapter=adapter, n_ctx=e.n_ctx, n_threads=e.n_threads, n_batch=e.n_batch,
+                      n_gpu_layers=e.n_gpu_layers, seed=self.recipe.seed if seed is None else seed)
+
+    def _train(self, stage: str, rows: list[dict], meta_rows: list[dict], cfg) -> dict:
+        """Train a LoRA into <stage>/adapter and convert it to <stage>/adapter.gguf."""
+        from .adapters import peft_to_gguf
+        from .train import prepare_weights, train_lora
+
+        d = self.run_dir.dir(stage)
+        write_jsonl(d / "data.jsonl", meta_rows)
+        weights = prepare_weights(self.card, self.gguf)
+        steps = ui.progress(f"train {stage}", None)
+        with steps as advance:
+            def tick(step: int, total: int) -> None:
+                advance(1, total=total)
+
+            stats = train_lora(rows, d / "adapter", weights, cfg, seed=self.recipe.seed, progress=tick)
+        stats["gguf"] = peft_to_gguf(d / "adapter", self.gguf, d / "adapter.gguf")
+        return stats
+
+    # ------------------------------------------------------------------ stages
+
+    def stage_seed(self) -> None:
+        r = self.recipe
+        fp = self.fp["seed"] = fingerprint("seed", STAGE_VERSION, seed_digest(r.data.seed), r.data.heldout, r.data.max_seed)
+
+        def work(d: Path) -> dict:
+            train, held = load_seed(r.data.seed, r.data.heldout, r.data.max_seed)
+            write_jsonl(d / "train.jsonl", train)
+            write_jsonl(d / "heldout.jsonl", held)
+            return {"train": len(train), "heldout": len(held)}
+
+        self.run_dir.stage("seed", fp, work)
+
+    def stage_corpus(self) -> None:
+        d = self.recipe.data
+        fp = self.fp["corpus"] = fingerprint("corpus", STAGE_VERSION, [input_digest(c) for c in d.corpus],
+                                             d.min_chars, d.max_chars, d.max_segments)
+
+        def work(out: Path) -> dict:
+            records, funnel = corpus.segment(d.corpus, d.min_chars, d.max_chars, d.max_segments)
+            for w in funnel.warnings:
+                ui.info(f"[yellow]warning:[/] {w}")
+            if not records:
+                raise corpus.CorpusError(f"no segments of {d.min_chars}-{d.max_chars} characters in {d.corpus}")
+            write_jsonl(out / "segments.jsonl", records)
+            return {"segments": len(records), "funnel": dict(funnel.counts)}
+
+        self.run_dir.stage("corpus", fp, work)
+
+    def stage_backward(self) -> None:
+        r = self.recipe
+        fp = self.fp["backward"] = fingerprint("backward", STAGE_VERSION, self.fp["seed"], self.model_id(),
+                                               r.backward().__dict__, r.seed)
+
+        def work(d: Path) -> dict:
+            train = read_jsonl(self.run_dir.dir("seed") / "train.jsonl")
+            return self._train("backward", [prompts.backward_row(p) for p in train], train, r.backward())
+
+        self.run_dir.stage("backward", fp, work)
+
+    def stage_augment(self) -> None:
+        r = self.recipe
+        fp = self.fp["augment"] = fingerprint("augment", STAGE_VERSION, self.fp["corpus"], self.fp["backward"],
+                                              r.augment.__dict__, r.seed)
+
+        def work(d: Path) -> dict:
+            segments = read_jsonl(self.run_dir.dir("corpus") / "segments.jsonl")
+            engine = self._engine(self.run_dir.dir("backward") / "adapter.gguf")
+            try:
+                with ui.progress("augment", len(segments)) as advance:
+                    counts = augment(engine, segments, d / "pairs.jsonl", r.augment, r.seed, on_item=advance)
+            finally:
+                engine.close()
+            pairs = read_jsonl(d / "pairs.jsonl")
+            counts["empty_instructions"] = sum(1 for p in pairs if not p["instruction"].strip())
+            return counts
+
+        self.run_dir.stage("augment", fp, work)
+
+    def stage_train(self, rnd: int) -> None:
+        r = self.recipe
+        stage = f"{round_dir(rnd)}/train"
+        upstream = self.fp["seed"] if rnd == 0 else self.fp[f"{round_dir(rnd)}/select"]
+        fp = self.fp[stage] = fingerprint("train", STAGE_VERSION, self.fp["seed"], upstream, self.model_id(),
+                                          r.train.__dict__, r.tags, r.seed)
+
+        def work(d: Path) -> dict:
+            seed_rows = [dict(p, kind="seed", score=None, round=rnd)
+                         for p in read_jsonl(self.run_dir.dir("seed") / "train.jsonl")]
+            curated = []
+            if rnd > 0:
+                curated = [dict(p, kind="augmented", round=rnd)
+                           for p in read_jsonl(self.run_dir.dir(f"{round_dir(rnd)}/select") / "curated.jsonl")]
+            meta = seed_rows + curated
+            if r.train.max_rows is not None:
+                meta = meta[: r.train.max_rows]
+            rows = [prompts.forward_row(p, r.tags) for p in meta]
+            stats = self._train(stage, rows, meta, r.train)
+            stats.update({"seed_rows": sum(1 for m in meta if m["kind"] == "seed"),
+                          "augmented_rows": sum(1 for m in meta if m["kind"] == "augmented")})
+            return stats
+
+        self.run_dir.stage(stage, fp, work)
+
+    def stage_score(self, rnd: int) -> None:
+        r = self.recipe
+        stage = f"{round_dir(rnd)}/score"
+        judge = f"{round_dir(rnd - 1)}/train"
+        fp = self.fp[stage] = fingerprint("score", STAGE_VERSION, self.fp["augment"], self.fp[judge],
+                                          r.curate.mode, r.curate.reasoning_tokens, r.tags)
+
+        def work(d: Path) -> dict:
+            pairs = read_jsonl(self.run_dir.dir("augment") / "pairs.jsonl")
+            engine = self._engine(self.run_dir.dir(judge) / "adapter.gguf")
+            try:
+                with ui.progress(f"score (M{rnd - 1})", len(pairs)) as advance:
+                    return curate.score_pairs(engine, pairs, d / "scored.jsonl", r.curate, r.tags, on_item=advance)
+            finally:
+                engine.close()
+
+        self.run_dir.stage(stage, fp, work)
+
+    def stage_select(self, rnd: int) -> None:
+        r = self.recipe
+        stage = f"{round_dir(rnd)}/select"
+        fp = self.fp[stage] = fingerprint("select", STAGE_VERSION, self.fp[f"{round_dir(rnd)}/score"],
+                                          r.curate.threshold, r.curate.top_fraction)
+
+        def work(d: Path) -> dict:
+            scored = read_jsonl(self.run_dir.dir(f"{round_dir(rnd)}/score") / "scored.jsonl")
+            kept = curate.select(scored, r.curate.threshold, r.curate.top_fraction)
+            write_jsonl(d / "curated.jsonl", kept)
+            return {"candidates": len(scored), "kept": len(kept),
+                    "kept_share": round(len(kept) / len(scored), 4) if scored else 0.0,
+                    "histogram": curate.histogram(scored)}
+
+        self.run_dir.stage(stage, fp, work)
+
+    def stage_export(self) -> None:
+        from .export import export
+
+        last = f"{round_dir(self.recipe.rounds)}/train"
+        fp = self.fp["export"] = fingerprint("export", STAGE_VERSION, self.fp[last], __version__)
+        self.run_dir.stage("export", fp, lambda d: export(self.run_dir, self.recipe, self.card, self.gguf, d))
+
+    def model_id(self) -> str:
+        return self.card.gguf.get("sha256") or f"{self.card.name}:{self.gguf}"
+
+    # ------------------------------------------------------------------ the whole loop
+
+    def run(self) -> Run:
+        write_text(self.run_dir.root / "recipe.yaml", dump_recipe(self.recipe))
+        self.gguf = fetch(self.card)
+        self.run_dir.set_meta("model", {"name": self.card.name, "gguf": str(self.gguf)})
+        self.stage_seed()
+        self.stage_corpus()
+        self.stage_backward()
+        self.stage_augment()
+        self.stage_train(0)
+        for rnd in range(1, self.recipe.rounds + 1):
+            self.stage_score(rnd)
+            self.stage_select(rnd)
+            self.stage_train(rnd)
+        self.stage_export()
+        return self.run_dir
+
+
+def run(recipe: Recipe, out_dir: str | Path) -> Run:
+    return Loop(recipe, out_dir).run()

@@ -1,0 +1,317 @@
+"""A recipe is the whole description of a run: a typed dataclass tree loaded from YAML.
+
+Every field has a docstring; unknown keys, wrong types and out-of-range values are errors that
+name the dotted key and what is allowed. ``key.sub=value`` overrides are applied before checks.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+
+class RecipeError(ValueError):
+    """A recipe (file, override or value) is wrong; the message names the dotted key."""
+
+
+@dataclass
+class DataConfig:
+    seed: str = "builtin:seed"
+    """Seed pairs: a JSONL file with `instruction` and `output`, or `builtin:seed` (bundled set)."""
+    heldout: int = 30
+    """Seed pairs held out for evaluation and never trained on (rows marked `split: heldout` first)."""
+    max_seed: int | None = None
+    """Train on at most this many seed pairs (None = all that are not held out)."""
+    corpus: list[str] = field(default_factory=lambda: ["pydoc:topics"])
+    """Unlabelled inputs: files, directories, or `pydoc:topics` (Python's own reference text)."""
+    min_chars: int = 600
+    """Shortest candidate answer kept, in characters (paper: 600)."""
+    max_chars: int = 3000
+    """Longest candidate answer kept, in characters (paper: 3,000)."""
+    max_segments: int | None = None
+    """Use at most this many segments (an even sample across the corpus); None = all."""
+
+    def __post_init__(self) -> None:
+        _check(self.heldout >= 0, "heldout", "must be >= 0")
+        _check(self.min_chars >= 1, "min_chars", "must be >= 1")
+        _check(self.max_chars >= self.min_chars, "max_chars", "must be >= data.min_chars")
+        _check(self.max_segments is None or self.max_segments >= 1, "max_segments", "must be >= 1")
+        _check(self.max_seed is None or self.max_seed >= 1, "max_seed", "must be >= 1")
+        _check(len(self.corpus) >= 1, "corpus", "needs at least one input")
+
+
+@dataclass
+class EngineConfig:
+    n_ctx: int = 2048
+    """llama.cpp context length in tokens (prompt + generation)."""
+    n_threads: int | None = None
+    """CPU threads for llama.cpp (None = all physical cores)."""
+    n_batch: int = 512
+    """Prompt tokens evaluated per llama.cpp decode call."""
+    n_gpu_layers: int = 0
+    """Layers offloaded to a GPU when llama.cpp was built with one (-1 = all)."""
+
+    def __post_init__(self) -> None:
+        _check(self.n_ctx >= 256, "n_ctx", "must be >= 256")
+        _check(self.n_batch >= 1, "n_batch", "must be >= 1")
+
+
+@dataclass
+class AugmentConfig:
+    temperature: float = 0.7
+    """Sampling temperature for the backward model (paper: 0.7)."""
+    top_p: float = 0.9
+    """Nucleus sampling for the backward model (paper: 0.9)."""
+    max_new_tokens: int = 64
+    """Longest instruction generated, in tokens."""
+    max_segment_tokens: int = 1024
+    """Segments longer than this many tokens are cut before prompting (keeps prompts inside n_ctx)."""
+
+    def __post_init__(self) -> None:
+        _check(self.temperature >= 0, "temperature", "must be >= 0")
+        _check(0 < self.top_p <= 1, "top_p", "must be in (0, 1]")
+        _check(self.max_new_tokens >= 1, "max_new_tokens", "must be >= 1")
+
+
+@dataclass
+class CurateConfig:
+    mode: Literal["expected", "reasoning"] = "expected"
+    """`expected`: probability-weighted score over "1".."5" after `Score:` (one forward pass, always
+    parses); `reasoning`: the paper's brief reasoning, then `Score: N` read the same way."""
+    threshold: float = 4.0
+    """Keep pairs whose score is >= this (the paper's k; it used 5 with integer scores)."""
+    top_fraction: float | None = None
+    """If set, keep this fraction of best-scored pairs instead of using `threshold`."""
+    reasoning_tokens: int = 96
+    """Longest reasoning generated in `reasoning` mode, in tokens."""
+
+    def __post_init__(self) -> None:
+        _check(1 <= self.threshold <= 5, "threshold", "must be between 1 and 5")
+        _check(self.top_fraction is None or 0 < self.top_fraction <= 1, "top_fraction", "must be in (0, 1]")
+
+
+@dataclass
+class TrainConfig:
+    backend: Literal["auto", "transformers", "unsloth"] = "auto"
+    """`auto`: Unsloth when a CUDA GPU and the package exist, else transformers + peft."""
+    quantize: Literal["nf4", "none"] = "nf4"
+    """Base weights while training: 4-bit nf4 (QLoRA, bitsandbytes) or unquantized bf16."""
+    lora_r: int = 16
+    """LoRA rank."""
+    lora_alpha: float = 32.0
+    """LoRA alpha (scale = alpha / r)."""
+    lora_dropout: float = 0.05
+    """Dropout on the LoRA input."""
+    target_modules: list[str] = field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    )
+    """Linear layers that get a LoRA."""
+    learning_rate: float = 2e-4
+    """Peak learning rate (LoRA usually wants 1e-4 - 2e-4; the paper's full fine-tune used 1e-5)."""
+    weight_decay: float = 0.1
+    """AdamW weight decay (paper: 0.1)."""
+    epochs: float = 1.0
+    """Passes over the training set."""
+    max_steps: int | None = None
+    """Stop after this many optimizer steps (overrides epochs)."""
+    batch_size: int = 4
+    """Rows per step."""
+    grad_accum: int = 1
+    """Gradient accumulation steps (effective batch = batch_size * grad_accum)."""
+    max_length: int = 512
+    """Rows are cut to this many tokens."""
+    max_rows: int | None = None
+    """Train on at most this many rows (seed first, then curated pairs by score)."""
+
+    def __post_init__(self) -> None:
+        _check(self.lora_r >= 1, "lora_r", "must be >= 1")
+        _check(self.learning_rate > 0, "learning_rate", "must be > 0")
+        _check(self.epochs > 0, "epochs", "must be > 0")
+        _check(self.batch_size >= 1, "batch_size", "must be >= 1")
+        _check(self.grad_accum >= 1, "grad_accum", "must be >= 1")
+        _check(self.max_length >= 32, "max_length", "must be >= 32")
+        _check(self.max_steps is None or self.max_steps >= 1, "max_steps", "must be >= 1")
+        _check(len(self.target_modules) >= 1, "target_modules", "needs at least one module name")
+
+
+@dataclass
+class Recipe:
+    name: str = "humpback"
+    """A label for the run; shown in the model card."""
+    model: str = "smollm2-135m"
+    """Model card name (see `humpback models`) or a path to a card YAML."""
+    rounds: int = 2
+    """Curation rounds after M0: round r scores with M(r-1) and trains M(r) (paper: 2)."""
+    seed: int = 0
+    """Random seed for sampling and training."""
+    tags: bool = True
+    """Mark the source in the system prompt, as the paper does (seed vs augmented)."""
+    data: DataConfig = field(default_factory=DataConfig)
+    engine: EngineConfig = field(default_factory=EngineConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    curate: CurateConfig = field(default_factory=CurateConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    backward_train: TrainConfig | None = None
+    """Training settings for the backward model; None = the same as `train`."""
+
+    def __post_init__(self) -> None:
+        _check(self.rounds >= 1, "rounds", "must be >= 1")
+
+    def backward(self) -> TrainConfig:
+        return self.backward_train or self.train
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _check(ok: bool, key: str, why: str) -> None:
+    if not ok:
+        raise RecipeError(f"{key}: {why}")
+
+
+# ----------------------------------------------------------------------------- building from data
+
+
+def _describe(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_describe(a) for a in typing.get_args(tp))
+    if origin is list:
+        return f"a list of {_describe(typing.get_args(tp)[0])}"
+    if tp is type(None):
+        return "null"
+    if dataclasses.is_dataclass(tp):
+        return "a mapping"
+    return getattr(tp, "__name__", str(tp))
+
+
+def _coerce(tp: Any, value: Any, key: str) -> Any:
+    origin = typing.get_origin(tp)
+    bad = RecipeError(f"{key}: expected {_describe(tp)}, got {value!r}")
+    if origin in (typing.Union, types.UnionType):
+        for arg in typing.get_args(tp):
+            try:
+                return _coerce(arg, value, key)
+            except RecipeError:
+                continue
+        raise bad
+    if tp is type(None):
+        if value is None:
+            return None
+        raise bad
+    if origin is Literal:
+        if value in typing.get_args(tp):
+            return value
+        raise bad
+    if origin is list:
+        if not isinstance(value, list):
+            raise bad
+        return [_coerce(typing.get_args(tp)[0], v, f"{key}[{i}]") for i, v in enumerate(value)]
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise bad
+        return _build(tp, value, key + ".")
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise bad
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise bad
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise bad
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        raise bad
+    raise bad
+
+
+def _build(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for key, value in data.items():
+        if key not in names:
+            close = difflib.get_close_matches(str(key), names, n=1)
+            hint = f" (did you mean {prefix}{close[0]}?)" if close else ""
+            raise RecipeError(f"{prefix}{key}: unknown key{hint}; allowed: {', '.join(names)}")
+        kwargs[key] = _coerce(hints[key], value, prefix + key)
+    try:
+        return cls(**kwargs)
+    except RecipeError as e:
+        raise RecipeError(prefix + str(e)) from None
+
+
+def _set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
+    parts = dotted.split(".")
+    node = data
+    for part in parts[:-1]:
+        child = node.get(part)
+        if child is None:
+            child = node[part] = {}
+        if not isinstance(child, dict):
+            raise RecipeError(f"{dotted}: {part} is not a section")
+        node = child
+    node[parts[-1]] = value
+
+
+def parse_overrides(items: typing.Iterable[str]) -> dict[str, Any]:
+    """`key.sub=value` strings -> a nested dict; values are read as YAML scalars/lists."""
+    out: dict[str, Any] = {}
+    for item in items:
+        if "=" not in item:
+            raise RecipeError(f"override {item!r}: expected KEY=VALUE, e.g. train.epochs=2")
+        key, raw = item.split("=", 1)
+        try:
+            value = yaml.safe_load(raw) if raw != "" else ""
+        except yaml.YAMLError as e:
+            raise RecipeError(f"{key}: cannot read value {raw!r}: {e}") from None
+        _set_dotted(out, key.strip(), value)
+    return out
+
+
+def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in extra.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = _merge(out[k], v)
+        else:
+            out[k] = v
+    return out
+
+
+def from_dict(data: dict[str, Any], overrides: typing.Iterable[str] = ()) -> Recipe:
+    merged = _merge(data or {}, parse_overrides(overrides))
+    return _build(Recipe, merged)
+
+
+def load_recipe(path: str | Path, overrides: typing.Iterable[str] = ()) -> Recipe:
+    """Read a recipe YAML, apply `key.sub=value` overrides and check it. Relative paths inside
+    are read from the working directory, like any command-line path."""
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except FileNotFoundError:
+        raise RecipeError(f"recipe {path}: file not found") from None
+    except yaml.YAMLError as e:
+        raise RecipeError(f"recipe {path}: not valid YAML: {e}") from None
+    if not isinstance(data, dict):
+        raise RecipeError(f"recipe {path}: expected a mapping at the top level")
+    return from_dict(data, overrides)
+
+
+def dump_recipe(recipe: Recipe) -> str:
+    return yaml.safe_dump(recipe.to_dict(), sort_keys=False)

@@ -1,0 +1,283 @@
+"""Checkpoints as data: atomic files, resumable JSONL, and a run folder with a manifest.
+
+No model code here. A run is a directory::
+
+    RUN/recipe.yaml            the resolved recipe
+    RUN/manifest.json          one entry per stage: fingerprint, status, counts, times
+    RUN/<stage>/...            one folder per stage (round stages live under round_NN/)
+
+A stage is done when the manifest says so *and* its fingerprint (a hash of its settings and of
+its inputs' fingerprints) is unchanged; a changed fingerprint wipes that stage and, through the
+fingerprint chain, everything that depends on it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+
+class DataError(ValueError):
+    """An input file is malformed; the message names the file and line."""
+
+
+# ----------------------------------------------------------------------------- atomic files
+
+
+def _fsync_dir(path: Path) -> None:
+    with contextlib.suppress(OSError):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | Path, suffix: str = "") -> Iterator[Path]:
+    """Yield a temp path beside `path`; on success fsync and rename it over `path`.
+    On any error the temp file is removed and `path` is untouched (e.g. a full disk)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix or ".tmp", dir=path.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        with open(tmp_path, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp_path, path)
+        _fsync_dir(path.parent)
+    finally:
+        if tmp_path.exists():
+            tmp_path.unlink()
+
+
+def write_text(path: str | Path, text: str) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+
+
+def write_json(path: str | Path, obj: Any) -> None:
+    write_text(path, json.dumps(obj, indent=2, ensure_ascii=False, default=str) + "\n")
+
+
+def read_json(path: str | Path) -> Any:
+    return json.loads(Path(path).read_text(encoding="utf-8"))
+
+
+def write_jsonl(path: str | Path, rows: Iterable[dict[str, Any]]) -> int:
+    n = 0
+    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
+        for row in rows:
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+            n += 1
+    return n
+
+
+@contextlib.contextmanager
+def atomic_dir(path: str | Path) -> Iterator[Path]:
+    """Build a directory under a temp name, then rename it into place (replacing an old one)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    try:
+        yield tmp
+        for f in tmp.rglob("*"):
+            if f.is_file():
+                with open(f, "rb") as fh:
+                    os.fsync(fh.fileno())
+        if path.exists():
+            shutil.rmtree(path)
+        os.replace(tmp, path)
+        _fsync_dir(path.parent)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def read_jsonl(path: str | Path, required: Iterable[str] = ()) -> list[dict[str, Any]]:
+    """Read a JSONL file; a malformed line or a missing field is a DataError naming file:line."""
+    path = Path(path)
+    required = list(required)
+    rows = []
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except FileNotFoundError:
+        raise DataError(f"{path}: file not found") from None
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+    for i, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise DataError(f"{path}:{i}: not valid JSON ({e.msg})") from None
+        if not isinstance(row, dict):
+            raise DataError(f"{path}:{i}: expected a JSON object, got {type(row).__name__}")
+        missing = [k for k in required if not isinstance(row.get(k), str) or not row[k].strip()]
+        if missing:
+            raise DataError(f"{path}:{i}: missing or empty field(s): {', '.join(missing)}")
+        rows.append(row)
+    return rows
+
+
+class JsonlAppender:
+    """Append records one per line, fsynced, so a killed process loses at most the line it was
+    writing. Opening an existing file drops a torn last line and reports what is already there."""
+
+    def __init__(self, path: str | Path, fsync_every: int = 1):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.done: list[dict[str, Any]] = self._recover()
+        self._f = open(self.path, "a", encoding="utf-8")
+        self._fsync_every = fsync_every
+        self._pending = 0
+
+    def _recover(self) -> list[dict[str, Any]]:
+        if not self.path.exists():
+            return []
+        data = self.path.read_bytes()
+        keep = data[: data.rfind(b"\n") + 1]  # a torn last line has no newline yet
+        rows = []
+        good = 0
+        for line in keep.splitlines(keepends=True):
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                break
+            good += len(line)
+        if good != len(data):
+            with open(self.path, "rb+") as f:
+                f.truncate(good)
+        return rows
+
+    def append(self, row: dict[str, Any]) -> None:
+        self._f.write(json.dumps(row, ensure_ascii=False) + "\n")
+        self._pending += 1
+        if self._pending >= self._fsync_every:
+            self.flush()
+
+    def flush(self) -> None:
+        self._f.flush()
+        os.fsync(self._f.fileno())
+        self._pending = 0
+
+    def close(self) -> None:
+        if not self._f.closed:
+            self.flush()
+            self._f.close()
+
+    def __enter__(self) -> JsonlAppender:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+# ----------------------------------------------------------------------------- fingerprints
+
+
+def fingerprint(*parts: Any) -> str:
+    blob = json.dumps(parts, sort_keys=True, default=str, ensure_ascii=False).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def file_digest(path: str | Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+# ----------------------------------------------------------------------------- the run folder
+
+
+@dataclass
+class StageInfo:
+    name: str
+    fingerprint: str
+    status: str  # "running" | "done"
+    started: float
+    finished: float | None = None
+    seconds: float | None = None
+    counts: dict[str, Any] | None = None
+
+
+class Run:
+    """A run directory and its manifest. Stages are addressed by relative path names such as
+    `corpus`, `backward`, `round_01/score`."""
+
+    MANIFEST = "manifest.json"
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+        path = self.root / self.MANIFEST
+        self.manifest: dict[str, Any] = read_json(path) if path.exists() else {"stages": {}}
+
+    def dir(self, stage: str) -> Path:
+        return self.root / stage
+
+    def info(self, stage: str) -> StageInfo | None:
+        rec = self.manifest["stages"].get(stage)
+        return StageInfo(name=stage, **rec) if rec else None
+
+    def is_done(self, stage: str, fp: str) -> bool:
+        info = self.info(stage)
+        return bool(info and info.status == "done" and info.fingerprint == fp and self.dir(stage).exists())
+
+    def begin(self, stage: str, fp: str) -> Path:
+        """Mark a stage running. A stage whose fingerprint changed starts from an empty folder;
+        one interrupted with the same fingerprint keeps its partial files so it can resume."""
+        info = self.info(stage)
+        d = self.dir(stage)
+        if info is None or info.fingerprint != fp:
+            if d.exists():
+                shutil.rmtree(d)
+        d.mkdir(parents=True, exist_ok=True)
+        self.manifest["stages"][stage] = {"fingerprint": fp, "status": "running", "started": time.time()}
+        self._save()
+        return d
+
+    def finish(self, stage: str, counts: dict[str, Any] | None = None) -> None:
+        rec = self.manifest["stages"][stage]
+        rec["status"] = "done"
+        rec["finished"] = time.time()
+        rec["seconds"] = round(rec["finished"] - rec["started"], 2)
+        rec["counts"] = counts or {}
+        self._save()
+
+    def stage(self, stage: str, fp: str, work: Callable[[Path], dict[str, Any] | None]) -> bool:
+        """Run `work(stage_dir)` unless the stage is done with this fingerprint. Returns True
+        if work ran."""
+        if self.is_done(stage, fp):
+            return False
+        d = self.begin(stage, fp)
+        counts = work(d)
+        self.finish(stage, counts)
+        return True
+
+    def fingerprint_of(self, stage: str) -> str:
+        info = self.info(stage)
+        if info is None:
+            raise KeyError(stage)
+        return info.fingerprint
+
+    def set_meta(self, key: str, value: Any) -> None:
+        self.manifest[key] = value
+        self._save()
+
+    def _save(self) -> None:
+        write_json(self.root / self.MANIFEST, self.manifest)

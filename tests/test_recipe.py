@@ -1,0 +1,51 @@
+from pathlib import Path
+
+import pytest
+
+from humpback_lite.recipe import RecipeError, Recipe, from_dict, load_recipe
+
+ROOT = Path(__file__).resolve().parent.parent
+SHIPPED = sorted((ROOT / "recipes").glob("*.yaml")) + sorted((ROOT / "tests" / "recipes").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.name)
+def test_every_shipped_recipe_loads_and_shows_its_command(path):
+    recipe = load_recipe(path)
+    assert isinstance(recipe, Recipe)
+    first = path.read_text().splitlines()[0]
+    assert first.startswith("# humpback run ") and path.name in first
+
+
+def test_overrides_change_nested_values_with_yaml_types():
+    r = from_dict({}, ["train.epochs=2", "rounds=3", "curate.top_fraction=0.25", "data.corpus=[a.txt, b.md]"])
+    assert r.train.epochs == 2.0 and r.rounds == 3 and r.curate.top_fraction == 0.25
+    assert r.data.corpus == ["a.txt", "b.md"]
+
+
+def test_unknown_key_names_the_dotted_key_and_suggests():
+    with pytest.raises(RecipeError, match=r"train\.learnig_rate: unknown key \(did you mean train\.learning_rate\?\)"):
+        from_dict({"train": {"learnig_rate": 1e-4}})
+
+
+def test_wrong_type_names_key_and_allowed_type():
+    with pytest.raises(RecipeError, match=r"rounds: expected int, got 'two'"):
+        from_dict({"rounds": "two"})
+    with pytest.raises(RecipeError, match=r"curate\.mode: expected one of 'expected', 'reasoning'"):
+        from_dict({}, ["curate.mode=vibes"])
+
+
+def test_out_of_range_value_names_key():
+    with pytest.raises(RecipeError, match=r"augment\.top_p: must be in \(0, 1\]"):
+        from_dict({"augment": {"top_p": 1.5}})
+    with pytest.raises(RecipeError, match=r"^rounds: must be >= 1"):
+        from_dict({"rounds": 0})
+
+
+def test_bad_override_syntax_is_explained():
+    with pytest.raises(RecipeError, match="expected KEY=VALUE"):
+        from_dict({}, ["rounds"])
+
+
+def test_missing_recipe_file_is_a_clear_error(tmp_path):
+    with pytest.raises(RecipeError, match="file not found"):
+        load_recipe(tmp_path / "nope.yaml")
