@@ -10,8 +10,6 @@ import click
 
 from . import __version__
 
-ERRORS: tuple[type[BaseException], ...] = ()
-
 
 def _errors() -> tuple[type[BaseException], ...]:
     """User-facing error types: printed as one line, exit status 1, no traceback."""
@@ -132,7 +130,8 @@ def _engine(model: str, adapter: str | None, n_ctx: int, seed: int):
 @click.option("--max-segments", type=int, default=None)
 def segment(inputs: tuple[str, ...], output: str, min_chars: int, max_chars: int, max_segments: int | None) -> None:
     """Split INPUTS (files, folders, pydoc:topics) into candidate answers (`text`, `source`)."""
-    from .corpus import CorpusError, segment as do_segment
+    from .corpus import CorpusError
+    from .corpus import segment as do_segment
     from .store import write_jsonl
     from .ui import console
 
@@ -214,15 +213,12 @@ def train(data, output, model, direction, no_tags, overrides) -> None:
     from . import prompts
     from .adapters import peft_to_gguf
     from .models import fetch, get_card
-    from .recipe import RecipeError, TrainConfig, _build, parse_overrides
+    from .recipe import TrainConfig, build
     from .store import read_jsonl
     from .train import prepare_weights, train_lora
     from .ui import console, progress
 
-    try:
-        cfg = _build(TrainConfig, parse_overrides(overrides), "train.")
-    except RecipeError:
-        raise
+    cfg = build(TrainConfig, overrides, prefix="train.")
     rows = read_jsonl(data, required=("instruction", "output"))
     if direction == "backward":
         examples = [prompts.backward_row(r) for r in rows]

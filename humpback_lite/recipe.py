@@ -102,7 +102,8 @@ class TrainConfig:
     backend: Literal["auto", "transformers", "unsloth"] = "auto"
     """`auto`: Unsloth when a CUDA GPU and the package exist, else transformers + peft."""
     quantize: Literal["nf4", "none"] = "nf4"
-    """Base weights while training: 4-bit nf4 (QLoRA, bitsandbytes) or unquantized bf16."""
+    """Base weights while training: 4-bit nf4 (QLoRA, bitsandbytes) or unquantized bf16. For a
+    base that is itself a 4-bit GGUF, nf4 rounds the weights a second time (see recipes/quickstart)."""
     lora_r: int = 16
     """LoRA rank."""
     lora_alpha: float = 32.0
@@ -129,6 +130,8 @@ class TrainConfig:
     """Rows are cut to this many tokens."""
     max_rows: int | None = None
     """Train on at most this many rows (seed first, then curated pairs by score)."""
+    gradient_checkpointing: bool = False
+    """Recompute activations in the backward pass: saves memory on big models, costs ~45 % time."""
 
     def __post_init__(self) -> None:
         _check(self.lora_r >= 1, "lora_r", "must be >= 1")
@@ -291,6 +294,11 @@ def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
         else:
             out[k] = v
     return out
+
+
+def build(cls: type, overrides: typing.Iterable[str], prefix: str = "") -> Any:
+    """One recipe section (e.g. TrainConfig) from `key=value` overrides, checked like a recipe."""
+    return _build(cls, parse_overrides(overrides), prefix)
 
 
 def from_dict(data: dict[str, Any], overrides: typing.Iterable[str] = ()) -> Recipe:

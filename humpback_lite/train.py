@@ -28,7 +28,7 @@ def _hush() -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     warnings.filterwarnings("ignore", category=UserWarning)
     warnings.filterwarnings("ignore", category=FutureWarning)
-    for name in ("transformers", "trl", "peft", "accelerate", "datasets"):
+    for name in ("transformers", "trl", "peft", "accelerate", "datasets", "bitsandbytes"):
         logging.getLogger(name).setLevel(logging.ERROR)
     try:
         import datasets
@@ -153,7 +153,7 @@ def train_lora(
     _hush()
     import torch
     from datasets import Dataset
-    from transformers import TrainerCallback
+    from transformers import PrinterCallback, TrainerCallback
     from trl import SFTConfig, SFTTrainer
 
     torch.manual_seed(seed)
@@ -180,6 +180,9 @@ def train_lora(
         bf16=True,
         dataloader_num_workers=0,
         disable_tqdm=True,
+        # TRL turns activation checkpointing on by default; for small models on a CPU it only
+        # costs time (measured: 70 -> 130 tokens/s on SmolLM2-135M without it).
+        gradient_checkpointing=cfg.gradient_checkpointing,
     )
 
     class _Progress(TrainerCallback):
@@ -191,6 +194,7 @@ def train_lora(
         model=model, args=args, train_dataset=ds, processing_class=tok, peft_config=peft_cfg,
         callbacks=[_Progress()],
     )
+    trainer.remove_callback(PrinterCallback)  # our progress bar replaces the per-step dict prints
     n_tokens = sum(len(x["input_ids"]) for x in trainer.train_dataset)
     t0 = time.time()
     result = trainer.train()

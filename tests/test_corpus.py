@@ -11,7 +11,7 @@ def test_pydoc_segments_respect_the_length_window_and_are_unique():
 
 
 def test_pack_joins_paragraphs_and_splits_long_ones():
-    text = "\n\n".join(["Short paragraph number %d with some words." % i for i in range(40)])
+    text = "\n\n".join([f"Short paragraph number {i} with some words." for i in range(40)])
     segs, _ = pack(text, 200, 400)
     assert segs and all(200 <= len(s) <= 400 for s in segs)
     long_par = " ".join(["This sentence is here to make a very long paragraph."] * 30)

@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pytest
 
-from humpback_lite.recipe import RecipeError, Recipe, from_dict, load_recipe
+from humpback_lite.recipe import Recipe, RecipeError, from_dict, load_recipe
 
 ROOT = Path(__file__).resolve().parent.parent
 SHIPPED = sorted((ROOT / "recipes").glob("*.yaml")) + sorted((ROOT / "tests" / "recipes").glob("*.yaml"))

@@ -1,0 +1,103 @@
+"""llama.cpp(base GGUF + our GGUF LoRA) must move the logits the way transformers(base + PEFT) does.
+
+The adapter is random and strong (lora_B ~ N(0, 0.1)), so it changes the logits a lot and the test
+can fail: with the q/k row permutation left out, the correlation of the logit changes drops to
+~0.85 (measured), below the 0.95 bar. Tolerance: Pearson correlation >= 0.95 of the adapter-induced
+logit change (adapted - base) over the full vocabulary, per prompt, and the same top-1 token.
+The residual gap comes from llama.cpp quantizing activations for its Q4_1 matmuls and from the
+bf16 copy of the weights transformers loads.
+"""
+
+import numpy as np
+import pytest
+
+from humpback_lite import adapters
+from humpback_lite.adapters import AdapterError, peft_to_gguf
+from humpback_lite.engine import Engine
+
+PROMPTS = [
+    "The capital of France is",
+    "def fibonacci(n):\n    ",
+    "<|im_start|>user\nWhat is a list?<|im_end|>\n<|im_start|>assistant\n",
+]
+
+
+@pytest.fixture(scope="module")
+def random_adapter(hf_weights, tmp_path_factory):
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_pretrained(hf_weights, dtype=torch.float32)
+    peft_model = get_peft_model(model, LoraConfig(
+        r=8, lora_alpha=16, init_lora_weights=False,
+        target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]))
+    with torch.no_grad():
+        for name, p in peft_model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.1)
+    out = tmp_path_factory.mktemp("adapter") / "peft"
+    peft_model.save_pretrained(out)
+    return peft_model, out
+
+
+def _hf_logits(peft_model, tokens):
+    import torch
+
+    with torch.no_grad():
+        adapted = peft_model(torch.tensor([tokens])).logits[0, -1].numpy()
+        with peft_model.disable_adapter():
+            base = peft_model(torch.tensor([tokens])).logits[0, -1].numpy()
+    return base, adapted
+
+
+def _agreement(model_gguf, peft_model, gguf_adapter):
+    base_engine = Engine(model_gguf, n_ctx=512)
+    lora_engine = Engine(model_gguf, adapter=gguf_adapter, n_ctx=512)
+    out = []
+    for text in PROMPTS:
+        toks = base_engine.tokenize(text)
+        hf_base, hf_lora = _hf_logits(peft_model, toks)
+        cpp_base = base_engine.next_token_logits(toks)
+        cpp_lora = lora_engine.next_token_logits(toks)
+        corr = float(np.corrcoef(hf_lora - hf_base, cpp_lora - cpp_base)[0, 1])
+        out.append((corr, int(hf_lora.argmax()), int(cpp_lora.argmax()), float(np.corrcoef(hf_lora, hf_base)[0, 1])))
+    base_engine.close()
+    lora_engine.close()
+    return out
+
+
+def test_gguf_lora_in_llamacpp_matches_peft_in_transformers(model_gguf, random_adapter, tmp_path):
+    peft_model, peft_dir = random_adapter
+    info = peft_to_gguf(peft_dir, model_gguf, tmp_path / "adapter.gguf")
+    assert info["tensors"] == 30 * 7 and info["rank"] == 8 and info["alpha"] == 16
+    for corr, hf_top, cpp_top, hf_self in _agreement(model_gguf, peft_model, tmp_path / "adapter.gguf"):
+        assert hf_self < 0.97, "adapter too weak to make the test meaningful"
+        assert corr >= 0.95
+        assert hf_top == cpp_top
+
+
+def test_without_the_qk_permutation_the_adapter_disagrees(model_gguf, random_adapter, tmp_path, monkeypatch):
+    peft_model, peft_dir = random_adapter
+    monkeypatch.setattr(adapters, "permute_rows", lambda w, n_head: w)
+    peft_to_gguf(peft_dir, model_gguf, tmp_path / "unpermuted.gguf")
+    corrs = [c for c, *_ in _agreement(model_gguf, peft_model, tmp_path / "unpermuted.gguf")]
+    assert min(corrs) < 0.95
+
+
+def test_adapter_for_another_base_is_refused(model_gguf, tmp_path):
+    import json
+
+    import torch
+    from safetensors.torch import save_file
+
+    d = tmp_path / "wrong"
+    d.mkdir()
+    (d / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA", "r": 2, "lora_alpha": 4}))
+    key = "base_model.model.model.layers.0.self_attn.q_proj"
+    save_file({f"{key}.lora_A.weight": torch.zeros(2, 999), f"{key}.lora_B.weight": torch.zeros(576, 2)},
+              str(d / "adapter_model.safetensors"))
+    with pytest.raises(AdapterError, match="blk.0.attn_q.weight: adapter is 576x999, base is 576x576"):
+        peft_to_gguf(d, model_gguf, tmp_path / "x.gguf")
+    assert not (tmp_path / "x.gguf").exists()

