@@ -29,7 +29,7 @@ class _Group(click.Group):
         except _errors() as e:
             from .ui import console
 
-            console.print(f"[bold red]error:[/] {e}", highlight=False, markup=True)
+            console.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
             sys.exit(1)
 
 
@@ -76,6 +76,15 @@ def status(run_dir: str, as_json: bool) -> None:
     _print_status(Path(run_dir))
 
 
+_QUIET_COUNTS = {"gguf", "backend", "tokens_per_epoch", "first_loss", "last_loss", "resumed_from"}
+
+
+def _compact(v: object) -> str:
+    if isinstance(v, dict):
+        return "{" + " ".join(f"{k}:{_compact(x)}" for k, x in v.items()) + "}"
+    return str(v)
+
+
 def _print_status(root: Path) -> None:
     from rich.table import Table
 
@@ -87,10 +96,8 @@ def _print_status(root: Path) -> None:
     for col in ("stage", "status", "seconds", "counts"):
         table.add_column(col)
     for name, rec in run_.manifest["stages"].items():
-        counts = rec.get("counts") or {}
-        shown = ", ".join(f"{k}={v}" for k, v in counts.items() if not isinstance(v, (dict, list)))
-        if "histogram" in counts:
-            shown += f", histogram={counts['histogram']}"
+        counts = {k: v for k, v in (rec.get("counts") or {}).items() if k not in _QUIET_COUNTS}
+        shown = ", ".join(f"{k}={_compact(v)}" for k, v in counts.items())
         table.add_row(name, rec["status"], f"{rec.get('seconds') or '':}", shown)
     console.print(table)
 
@@ -177,19 +184,22 @@ def augment(segments, output, model, adapter, temperature, top_p, max_new_tokens
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="scored.jsonl (appends; resumes).")
 @click.option("--model", default="smollm2-135m", show_default=True)
 @click.option("--adapter", type=click.Path(exists=True, dir_okay=False), help="Judge GGUF LoRA (e.g. M0).")
-@click.option("--mode", type=click.Choice(["expected", "reasoning"]), default="expected", show_default=True)
+@click.option("--mode", type=click.Choice(["expected", "greedy", "reasoning"]), default="expected", show_default=True)
+@click.option("--instruction-field", help="Field holding the instruction (default: auto-detect).")
+@click.option("--output-field", help="Field holding the answer (default: auto-detect).")
 @click.option("--no-tags", is_flag=True, help="Judge without the seed tag as system prompt.")
 @click.option("--n-ctx", default=2048, show_default=True)
-def score(pairs, output, model, adapter, mode, no_tags, n_ctx) -> None:
-    """Rate every (instruction, output) pair on the paper's 5-point rubric."""
-    from .curate import score_pairs
+def score(pairs, output, model, adapter, mode, instruction_field, output_field, no_tags, n_ctx) -> None:
+    """Rate every (instruction, output) pair on the paper's 5-point rubric.
+
+    PAIRS may be ours (instruction/output), Alpaca (instruction/input/output), ShareGPT
+    (conversations) or messages (first user and assistant turn)."""
+    from .curate import normalize_pairs, score_pairs
     from .recipe import CurateConfig
     from .store import read_jsonl
     from .ui import console, progress
 
-    rows = read_jsonl(pairs, required=("instruction", "output"))
-    for i, r in enumerate(rows):
-        r.setdefault("id", f"pair-{i:06d}")
+    rows = normalize_pairs(read_jsonl(pairs), pairs, instruction_field, output_field)
     engine = _engine(model, adapter, n_ctx, 0)
     with progress(f"score ({mode})", len(rows)) as advance:
         summary = score_pairs(engine, rows, output, CurateConfig(mode=mode), tags=not no_tags, on_item=advance)

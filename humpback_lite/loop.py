@@ -166,32 +166,45 @@ class Loop:
         stage = f"{round_dir(rnd)}/score"
         judge = f"{round_dir(rnd - 1)}/train"
         fp = self.fp[stage] = fingerprint("score", STAGE_VERSION, self.fp["augment"], self.fp[judge],
-                                          r.curate.mode, r.curate.reasoning_tokens, r.tags)
+                                          r.curate.mode, r.curate.reasoning_tokens, r.curate.checks, r.tags)
 
         def work(d: Path) -> dict:
             pairs = read_jsonl(self.run_dir.dir("augment") / "pairs.jsonl")
             engine = self._engine(self.run_dir.dir(judge) / "adapter.gguf")
             try:
-                with ui.progress(f"score (M{rnd - 1})", len(pairs)) as advance:
-                    return curate.score_pairs(engine, pairs, d / "scored.jsonl", r.curate, r.tags, on_item=advance)
+                n_checks = min(r.curate.checks, len(pairs)) * (1 + len(curate.INJECTIONS))
+                with ui.progress(f"score (M{rnd - 1})", len(pairs) + n_checks) as advance:
+                    counts = curate.score_pairs(engine, pairs, d / "scored.jsonl", r.curate, r.tags, on_item=advance)
+                    scored = read_jsonl(d / "scored.jsonl")
+                    counts.update(curate.self_check(engine, pairs, scored, r.curate, r.tags, d / "checks.jsonl",
+                                                    seed=r.seed + rnd, on_item=advance))
             finally:
                 engine.close()
+            if rnd > 1:
+                prev = read_jsonl(self.run_dir.dir(f"{round_dir(rnd - 1)}/score") / "scored.jsonl")
+                counts["agreement_with_prev_judge"] = curate.agreement(prev, scored)
+            return counts
 
         self.run_dir.stage(stage, fp, work)
 
     def stage_select(self, rnd: int) -> None:
-        r = self.recipe
+        c = self.recipe.curate
         stage = f"{round_dir(rnd)}/select"
         fp = self.fp[stage] = fingerprint("select", STAGE_VERSION, self.fp[f"{round_dir(rnd)}/score"],
-                                          r.curate.threshold, r.curate.top_fraction)
+                                          c.threshold, c.top_fraction, c.target_count)
 
         def work(d: Path) -> dict:
-            scored = read_jsonl(self.run_dir.dir(f"{round_dir(rnd)}/score") / "scored.jsonl")
-            kept = curate.select(scored, r.curate.threshold, r.curate.top_fraction)
+            score_dir = self.run_dir.dir(f"{round_dir(rnd)}/score")
+            scored = read_jsonl(score_dir / "scored.jsonl")
+            kept = curate.select(scored, c.threshold, c.top_fraction, c.target_count)
             write_jsonl(d / "curated.jsonl", kept)
-            return {"candidates": len(scored), "kept": len(kept),
-                    "kept_share": round(len(kept) / len(scored), 4) if scored else 0.0,
-                    "histogram": curate.histogram(scored)}
+            cut = curate.cutoff(kept, c.threshold)
+            counts = {"candidates": len(scored), "kept": len(kept),
+                      "kept_share": round(len(kept) / len(scored), 4) if scored else 0.0,
+                      "cutoff": round(cut, 4), "histogram": curate.histogram(scored),
+                      "would_keep": curate.selection_table(scored)}
+            counts.update(curate.flip_rate(scored, read_jsonl(score_dir / "checks.jsonl"), cut))
+            return counts
 
         self.run_dir.stage(stage, fp, work)
 

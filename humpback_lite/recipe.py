@@ -82,19 +82,27 @@ class AugmentConfig:
 
 @dataclass
 class CurateConfig:
-    mode: Literal["expected", "reasoning"] = "expected"
-    """`expected`: probability-weighted score over "1".."5" after `Score:` (one forward pass, always
-    parses); `reasoning`: the paper's brief reasoning, then `Score: N` read the same way."""
+    mode: Literal["expected", "greedy", "reasoning"] = "expected"
+    """`expected`: probability-weighted score over "1".."5" after `Score:` (one forward pass);
+    `greedy`: the most likely digit there; `reasoning`: the paper's brief reasoning, then a
+    `Score:` line constrained to a digit. All three always give a score."""
     threshold: float = 4.0
     """Keep pairs whose score is >= this (the paper's k; it used 5 with integer scores)."""
     top_fraction: float | None = None
     """If set, keep this fraction of best-scored pairs instead of using `threshold`."""
+    target_count: int | None = None
+    """If set, keep this many best-scored pairs (overrides `top_fraction` and `threshold`)."""
     reasoning_tokens: int = 96
     """Longest reasoning generated in `reasoning` mode, in tokens."""
+    checks: int = 16
+    """Pairs sampled each round for the judge self-checks (mismatched-pair AUC, injection flip
+    rate); 0 turns them off."""
 
     def __post_init__(self) -> None:
         _check(1 <= self.threshold <= 5, "threshold", "must be between 1 and 5")
         _check(self.top_fraction is None or 0 < self.top_fraction <= 1, "top_fraction", "must be in (0, 1]")
+        _check(self.target_count is None or self.target_count >= 1, "target_count", "must be >= 1")
+        _check(self.checks >= 0, "checks", "must be >= 0")
 
 
 @dataclass

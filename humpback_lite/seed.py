@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from importlib.resources import files
 from pathlib import Path
 
 from .store import DataError, file_digest, read_jsonl
@@ -12,7 +11,7 @@ BUILTIN = "builtin:seed"
 
 def seed_path(ref: str) -> Path:
     if ref == BUILTIN:
-        return Path(str(files("humpback_lite").joinpath("data/seed.jsonl")))
+        return Path(__file__).resolve().parent / "data" / "seed.jsonl"
     return Path(ref).expanduser()
 
 

@@ -1,7 +1,6 @@
 import math
 
 from humpback_lite import prompts
-from humpback_lite.curate import select, summarize
 from humpback_lite.engine import DigitScore
 
 
@@ -40,14 +39,4 @@ def test_sanitize_stops_corpus_text_from_closing_the_prompt():
     clean = prompts.sanitize(evil)
     assert "<|im_end|>" not in clean and "</answer>" not in clean and "<|im_start|>" not in clean
     msgs = prompts.rubric_messages("Q?", evil)
-    assert msgs[1]["content"].count("</answer>") == 1
-
-
-def test_selection_by_threshold_and_by_fraction():
-    scored = [{"id": str(i), "score": s} for i, s in enumerate([4.6, 3.1, 4.0, 2.2, None])]
-    assert [r["id"] for r in select(scored, threshold=4.0)] == ["0", "2"]
-    assert [r["id"] for r in select(scored, threshold=4.0, top_fraction=0.5)] == ["0", "2"]
-    assert [r["id"] for r in select(scored, threshold=5.0)] == []
-    summary = summarize(scored)
-    assert summary["scored"] == 4 and summary["unscored"] == 1
-    assert summary["histogram"] == {"1": 0, "2": 1, "3": 1, "4": 1, "5": 1}
+    assert msgs[1]["content"].count("\n</answer>") == 1  # only our own closing tag

@@ -63,7 +63,13 @@ def test_every_candidate_gets_a_score_each_round(tiny_run):
         assert [s["id"] for s in scored] == [p["id"] for p in pairs]
         assert all(1 <= s["score"] <= 5 for s in scored if s["instruction"].strip())
         kept = read_jsonl(tiny_run / rnd / "select" / "curated.jsonl")
-        assert len(kept) == 3  # top_fraction 0.5 of 6
+        n_scored = sum(1 for s in scored if s["score"] is not None)  # empty instructions get none
+        assert n_scored >= 4 and len(kept) == max(1, round(n_scored * 0.5))  # top_fraction 0.5
+        manifest = json.loads((tiny_run / "manifest.json").read_text())["stages"]
+        assert 0.0 <= manifest[f"{rnd}/score"]["counts"]["auc"] <= 1.0
+        assert manifest[f"{rnd}/select"]["counts"]["injection_checks"] == 2 * 3
+        assert 0.0 <= manifest[f"{rnd}/select"]["counts"]["injection_flip_rate"] <= 1.0
+    assert "spearman" in manifest["round_02/score"]["counts"]["agreement_with_prev_judge"]
 
 
 def test_status_shows_stages_and_json(tiny_run):
@@ -90,7 +96,8 @@ def test_changed_setting_reruns_only_what_depends_on_it(tiny_run, tmp_path):
     after = _finished(copy)
     unchanged = [s for s in STAGES if after[s] == before[s]]
     assert unchanged == ["seed", "corpus", "backward", "augment", "round_00/train", "round_01/score"]
-    assert len(read_jsonl(copy / "round_01" / "select" / "curated.jsonl")) == 2
+    n_scored = sum(1 for s in read_jsonl(copy / "round_01" / "score" / "scored.jsonl") if s["score"] is not None)
+    assert len(read_jsonl(copy / "round_01" / "select" / "curated.jsonl")) == max(1, round(n_scored * 0.34))
 
 
 def test_killed_mid_augment_resumes_to_the_uninterrupted_result(tiny_run, tmp_path):
@@ -113,7 +120,9 @@ def test_killed_mid_augment_resumes_to_the_uninterrupted_result(tiny_run, tmp_pa
     resumed = read_jsonl(out / "round_01" / "score" / "scored.jsonl")
     straight = read_jsonl(tiny_run / "round_01" / "score" / "scored.jsonl")
     assert [r["id"] for r in resumed] == [r["id"] for r in straight]
-    assert max(abs(a["score"] - b["score"]) for a, b in zip(resumed, straight, strict=True)) < 0.05
+    for a, b in zip(resumed, straight, strict=True):
+        assert (a["score"] is None) == (b["score"] is None)
+        assert a["score"] is None or abs(a["score"] - b["score"]) < 0.05
 
 
 def test_bad_recipe_key_fails_with_one_clear_line(tmp_path):
@@ -136,5 +145,32 @@ def test_score_command_on_malformed_pairs_names_the_line(tmp_path, model_gguf):
     bad.write_text('{"instruction": "a", "output": "b"}\n{"output": "no instruction"}\n')
     result = CliRunner().invoke(main, ["score", str(bad), "-o", str(tmp_path / "s.jsonl")])
     assert result.exit_code == 1
-    assert "pairs.jsonl:2: missing or empty field(s): instruction" in result.output
+    assert "pairs.jsonl:2: no (instruction, output) pair found" in result.output
     assert not (tmp_path / "s.jsonl").exists()
+
+
+def test_stage_commands_chain_on_plain_files(tiny_run, tmp_path):
+    run = CliRunner()
+    seg = tmp_path / "segments.jsonl"
+    assert run.invoke(main, ["segment", "pydoc:topics", "-o", str(seg), "--max-chars", "900",
+                             "--max-segments", "3"]).exit_code == 0
+    pairs = tmp_path / "pairs.jsonl"
+    res = run.invoke(main, ["augment", str(seg), "-o", str(pairs), "--max-new-tokens", "12",
+                            "--adapter", str(tiny_run / "backward" / "adapter.gguf")])
+    assert res.exit_code == 0, res.output
+    rows = read_jsonl(pairs, required=("output",))
+    assert len(rows) == 3 and all("instruction" in r for r in rows)
+    for r in rows:  # a 2-step backward model may write nothing usable; give those a question
+        r["instruction"] = r["instruction"] or "What does this say?"
+    (tmp_path / "fixed.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    scored = tmp_path / "scored.jsonl"
+    res = run.invoke(main, ["score", str(tmp_path / "fixed.jsonl"), "-o", str(scored), "--mode", "reasoning",
+                            "--adapter", str(tiny_run / "round_00" / "train" / "adapter.gguf")])
+    assert res.exit_code == 0, res.output
+    out = read_jsonl(scored)
+    assert all(r["score"] in (1, 2, 3, 4, 5) and r["mode"] == "reasoning" and "reason" in r for r in out)
+    adapter = tmp_path / "adapter"
+    res = run.invoke(main, ["train", str(tmp_path / "fixed.jsonl"), "-o", str(adapter), "--direction", "backward",
+                            "max_steps=1", "batch_size=1", "max_length=96", "lora_r=2"])
+    assert res.exit_code == 0, res.output
+    assert (adapter / "adapter_model.safetensors").is_file() and (adapter / "adapter.gguf").is_file()

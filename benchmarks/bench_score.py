@@ -1,0 +1,78 @@
+"""Curation you can trust, measured: judge AUC, injection flip rate, prefix-reuse speed-up, and
+`expected` vs `reasoning` throughput, side by side in one run.
+
+    python benchmarks/bench_score.py [--adapter RUN/round_00/train/adapter.gguf] [--pairs 30] [--repeats 3]
+
+Pairs: the bundled held-out seed pairs (human-written, matched) and the same instructions paired
+with another pair's answer (mismatched). AUC = P(matched scores above mismatched). Flip rate: keep
+(score >= median clean score) vs drop verdicts that change when each injection is appended.
+Prefix reuse: the rubric's KV cache kept between pairs vs a cold context for every pair.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+from humpback_lite import curate
+from humpback_lite.engine import Engine
+from humpback_lite.models import fetch, get_card
+from humpback_lite.seed import load_seed
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--adapter", help="judge GGUF LoRA, e.g. a run's round_00/train/adapter.gguf (M0)")
+    ap.add_argument("--pairs", type=int, default=30)
+    ap.add_argument("--repeats", type=int, default=3)
+    args = ap.parse_args()
+
+    engine = Engine(fetch(get_card("smollm2-135m")), adapter=args.adapter, n_ctx=2048)
+    _, held = load_seed("builtin:seed", 30)
+    pairs = held[: args.pairs]
+    n = len(pairs)
+
+    def score_all(mode: str, cold: bool = False, items=None) -> list[float]:
+        out = []
+        for inst, ans in items or [(p["instruction"], p["output"]) for p in pairs]:
+            if cold:
+                engine.llm.reset()
+            out.append(curate.score_one(engine, inst, ans, mode=mode, reasoning_tokens=48)["score"])
+        return out
+
+    def timed(fn) -> tuple[float, list[float]]:
+        times, result = [], None
+        for _ in range(args.repeats):
+            t = time.perf_counter()
+            result = fn()
+            times.append(time.perf_counter() - t)
+        return statistics.median(times), result
+
+    t_warm, matched = timed(lambda: score_all("expected"))
+    t_cold, _ = timed(lambda: score_all("expected", cold=True))
+    mismatched = score_all("expected", items=[(p["instruction"], pairs[(i + n // 2) % n]["output"])
+                                              for i, p in enumerate(pairs)])
+    cut = statistics.median(matched)
+    flips, total = 0, 0
+    per_injection = {}
+    for name, suffix in curate.INJECTIONS.items():
+        injected = score_all("expected", items=[(p["instruction"], p["output"] + suffix) for p in pairs])
+        f = sum((a >= cut) != (b >= cut) for a, b in zip(matched, injected, strict=True))
+        per_injection[name] = (f / n, statistics.mean(b - a for a, b in zip(matched, injected, strict=True)))
+        flips += f
+        total += n
+    t_reason, _ = timed(lambda: score_all("reasoning"))
+
+    print(f"judge: {'base model' if not args.adapter else args.adapter}; {n} held-out seed pairs; "
+          f"medians of {args.repeats} runs")
+    print(f"judge AUC matched vs mismatched:       {curate.auc(matched, mismatched):.3f}")
+    print(f"injection flip rate (cut {cut:.2f}):      {flips / total:.3%} of {total} verdicts")
+    for name, (rate, shift) in per_injection.items():
+        print(f"  {name:12} flips {rate:6.1%}   mean score shift {shift:+.3f}")
+    print(f"prefix reuse: {n / t_warm:.2f} pairs/s vs cold {n / t_cold:.2f} pairs/s -> {t_cold / t_warm:.2f}x")
+    print(f"expected {n / t_warm:.2f} pairs/s vs reasoning {n / t_reason:.2f} pairs/s -> {t_reason / t_warm:.2f}x")
+
+
+if __name__ == "__main__":
+    main()
