@@ -52,12 +52,12 @@ class Loop:
 
     # ------------------------------------------------------------------ helpers
 
-    def _engine(self, adapter: Path | None, seed: int | None = None):
+    def _engine(self, adapter: Path | None):
         from .engine import Engine
 
         e = self.recipe.engine
         return Engine(self.gguf, adapter=adapter, n_ctx=e.n_ctx, n_threads=e.n_threads, n_batch=e.n_batch,
-                      n_gpu_layers=e.n_gpu_layers, seed=self.recipe.seed if seed is None else seed)
+                      n_gpu_layers=e.n_gpu_layers, seed=self.recipe.seed)
 
     def _train(self, stage: str, rows: list[dict], meta_rows: list[dict], cfg) -> dict:
         """Train a LoRA into <stage>/adapter and convert it to <stage>/adapter.gguf."""
@@ -67,12 +67,9 @@ class Loop:
         d = self.run_dir.dir(stage)
         write_jsonl(d / "data.jsonl", meta_rows)
         weights = prepare_weights(self.card, self.gguf)
-        steps = ui.progress(f"train {stage}", None)
-        with steps as advance:
-            def tick(step: int, total: int) -> None:
-                advance(1, total=total)
-
-            stats = train_lora(rows, d / "adapter", weights, cfg, seed=self.recipe.seed, progress=tick)
+        with ui.progress(f"train {stage}", None) as advance:
+            stats = train_lora(rows, d / "adapter", weights, cfg, seed=self.recipe.seed,
+                               progress=lambda step, total: advance(1, total=total))
         stats["gguf"] = peft_to_gguf(d / "adapter", self.gguf, d / "adapter.gguf")
         return stats
 
