@@ -134,21 +134,39 @@ def _engine(model: str, adapter: str | None, n_ctx: int, seed: int):
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="segments.jsonl to write.")
 @click.option("--min-chars", default=600, show_default=True)
 @click.option("--max-chars", default=3000, show_default=True)
-@click.option("--max-segments", type=int, default=None)
-def segment(inputs: tuple[str, ...], output: str, min_chars: int, max_chars: int, max_segments: int | None) -> None:
-    """Split INPUTS (files, folders, pydoc:topics) into candidate answers (`text`, `source`)."""
-    from .corpus import CorpusError
-    from .corpus import segment as do_segment
-    from .store import write_jsonl
-    from .ui import console
+@click.option("--max-segments", type=int, default=None, help="A uniform sample of this many segments.")
+@click.option("--field", "text_field", default="text", show_default=True, help="Text column of jsonl/csv/parquet/hf.")
+@click.option("--include", multiple=True, help="Glob of files to read inside folders (repeatable).")
+@click.option("--exclude", multiple=True, help="Glob of files to skip inside folders (repeatable).")
+@click.option("--dedup", type=click.Choice(["minhash", "exact", "none"]), default="minhash", show_default=True)
+@click.option("--dedup-threshold", default=0.8, show_default=True)
+@click.option("--repetition", default=0.3, show_default=True, help="Max share of repeated 3-grams (0 = off).")
+@click.option("--language", type=click.Choice(["en"]), default=None)
+@click.option("--keep-headers", is_flag=True, help="Keep sections under empty/all-caps/navigation headings.")
+@click.option("--keep-boilerplate", is_flag=True, help="Keep cookie/menu/share lines.")
+def segment(inputs, output, min_chars, max_chars, max_segments, text_field, include, exclude, dedup,
+            dedup_threshold, repetition, language, keep_headers, keep_boilerplate) -> None:
+    """Split INPUTS into candidate answers (`text`, `source`, `heading`, `offset`).
 
-    records, funnel = do_segment(list(inputs), min_chars, max_chars, max_segments)
+    INPUTS: files or folders (.txt .md .html .warc .wet .jsonl .json .csv .parquet, each also
+    .gz/.bz2/.xz/.zst), hf:owner/name[:config][:split], or pydoc:topics."""
+    from .corpus import CorpusError, Filters, input_bytes, write_segments
+    from .ui import console, funnel_table, progress
+
+    filters = Filters(min_chars=min_chars, max_chars=max_chars, repetition=repetition, headers=not keep_headers,
+                      boilerplate=not keep_boilerplate, language=language, dedup=dedup,
+                      dedup_threshold=dedup_threshold, text_field=text_field, include=list(include),
+                      exclude=list(exclude))
+    with progress("segment (bytes)", input_bytes(list(inputs))) as advance:
+        funnel = write_segments(list(inputs), output, filters, max_segments, on_bytes=advance)
     for w in funnel.warnings:
-        console.print(f"[yellow]warning:[/] {w}", highlight=False)
-    if not records:
+        console.print(f"[yellow]warning:[/] {w}", highlight=False, soft_wrap=True)
+    console.print(funnel_table(funnel.counts))
+    kept = funnel.counts["sampled"] or funnel.counts["kept"]
+    if not kept:
+        Path(output).unlink(missing_ok=True)
         raise CorpusError(f"no segments of {min_chars}-{max_chars} characters found in {', '.join(inputs)}")
-    write_jsonl(output, records)
-    console.print(f"{len(records)} segments -> {output}  ({dict(funnel.counts)})")
+    console.print(f"{kept} segments -> {output}")
 
 
 @main.command()

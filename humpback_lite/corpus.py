@@ -1,97 +1,100 @@
-"""Unlabelled text -> candidate answers (segments of min_chars..max_chars).
+"""Documents -> candidate answers, filtered as in the paper.
 
-Inputs: `pydoc:topics` (Python's own reference prose, always offline), `.txt` / `.md` files,
-`.jsonl` with a `text` field, and directories of those. Text is split into paragraphs (and at
-Markdown headings), paragraphs are packed into segments inside the length window, and exact
-duplicates are dropped. A funnel of counts per reason is returned with the segments.
+Per document: boilerplate lines out (cookie banners, menus, "share this"), a heading check
+(empty, all-caps or navigation-like headings are dropped, where the format has headings),
+paragraphs packed into segments of min_chars..max_chars. Per segment: repetition (word 3-grams
+shared between its sentences), optional language check, exact dedup (normalised hash) and
+near-dedup (MinHash LSH, datasketch). Every drop is counted per reason in a funnel.
+
+Streams: documents come one at a time from `readers`, segments go out one at a time; memory is
+bounded by the dedup index (a hash and a MinHash per kept segment) and, with `max_segments`, a
+reservoir of that many segments.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
+import random
 import re
-from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-TEXT_SUFFIXES = {".txt", ".md", ".markdown", ".rst", ".jsonl"}
+from .readers import CorpusError, Document, Funnel, documents, input_bytes  # noqa: F401
+from .store import atomic_path
+
 _SENTENCE = re.compile(r"(?<=[.!?])\s+")
-_HEADING = re.compile(r"^#{1,6}\s+\S")
-
-
-class CorpusError(ValueError):
-    pass
+_WORD = re.compile(r"\w+")
+_BOILERPLATE = re.compile(
+    r"^\W*(?:accept(?: all)? cookies|we use cookies|this (?:site|website) uses cookies|cookie (?:policy|settings)"
+    r"|share (?:this|on)\b|follow us|subscribe(?: now| to)?\b|sign (?:in|up)\b|log ?in\b|log ?out\b"
+    r"|all rights reserved|copyright\b|©|skip to (?:main )?content|back to top|read more\b|privacy policy"
+    r"|terms (?:of|and) (?:use|service|conditions)|home\s*[|>»/]|you are here:|previous\s*[|/]\s*next"
+    r"|advertisement\b|related (?:posts|articles)\b|leave a (?:comment|reply))",
+    re.IGNORECASE,
+)
+_NAV_HEADINGS = {
+    "home", "menu", "navigation", "main menu", "contact", "contact us", "about", "about us", "login", "log in",
+    "sign in", "sign up", "search", "share", "share this", "related", "related posts", "related articles",
+    "comments", "leave a comment", "footer", "copyright", "privacy policy", "terms", "sitemap", "categories",
+    "tags", "archives", "recent posts", "popular posts", "follow us", "newsletter", "subscribe", "navigate",
+    "table of contents", "contents", "previous", "next", "references", "see also", "external links",
+}
+_EN_STOPWORDS = {"the", "and", "of", "to", "a", "in", "is", "that", "it", "for", "on", "with", "as", "are",
+                 "this", "be", "by", "or", "an", "not", "you", "from", "at", "can", "have", "which", "if"}
 
 
 @dataclass
-class Document:
-    text: str
-    source: str
+class Filters:
+    """The corpus settings (recipe section `data`, fields of the same names)."""
+
+    min_chars: int = 600
+    max_chars: int = 3000
+    repetition: float = 0.3
+    headers: bool = True
+    boilerplate: bool = True
+    language: str | None = None
+    dedup: str = "minhash"
+    dedup_threshold: float = 0.8
+    text_field: str = "text"
+    include: list[str] = field(default_factory=list)
+    exclude: list[str] = field(default_factory=list)
 
 
-@dataclass
-class Funnel:
-    counts: Counter = field(default_factory=Counter)
-    warnings: list[str] = field(default_factory=list)
-
-    def warn(self, msg: str) -> None:
-        self.warnings.append(msg)
-        self.counts["files_skipped"] += 1
+# ----------------------------------------------------------------------------- per document
 
 
-def read_documents(ref: str, funnel: Funnel) -> Iterator[Document]:
-    if ref == "pydoc:topics":
-        from pydoc_data.topics import topics
+def strip_boilerplate(text: str, funnel: Funnel) -> str:
+    out = []
+    for line in text.splitlines():
+        if len(line) < 100 and _BOILERPLATE.match(line.strip()):
+            funnel.counts["boilerplate_lines"] += 1
+            continue
+        out.append(line)
+    return "\n".join(out)
 
-        for name in sorted(topics):
-            yield Document(topics[name], f"pydoc:topics/{name}")
-        return
-    path = Path(ref).expanduser()
-    if path.is_dir():
-        for p in sorted(path.rglob("*")):
-            if p.is_file() and p.suffix.lower() in TEXT_SUFFIXES:
-                yield from read_documents(str(p), funnel)
-        return
-    if not path.exists():
-        raise CorpusError(f"{ref}: no such file or directory")
-    try:
-        raw = path.read_bytes()
-    except OSError as e:
-        funnel.warn(f"{path}: unreadable ({e.strerror}); skipped")
-        return
-    if b"\x00" in raw[:4096]:
-        funnel.warn(f"{path}: binary file; skipped")
-        return
-    text = raw.decode("utf-8", errors="replace")
-    if "\ufffd" in text:
-        funnel.counts["invalid_utf8_files"] += 1
-    if path.suffix.lower() == ".jsonl":
-        for i, line in enumerate(text.splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-                body = row["text"]
-                if not isinstance(body, str):
-                    raise TypeError
-            except (json.JSONDecodeError, KeyError, TypeError):
-                funnel.counts["malformed_lines"] += 1
-                if funnel.counts["malformed_lines"] <= 3:
-                    funnel.warnings.append(f"{path}:{i}: not a JSON object with a string `text`; skipped")
-                continue
-            yield Document(body, f"{path}:{i}")
-        return
-    yield Document(text, str(path))
+
+def bad_heading(heading: str | None) -> str | None:
+    """Why a heading disqualifies its section (paper: empty, all-caps, navigation-like), or None."""
+    if heading is None:
+        return None  # the format has no headings
+    h = heading.strip().strip(":").strip()
+    if not h:
+        return "empty_heading"
+    letters = [c for c in h if c.isalpha()]
+    if len(letters) >= 4 and all(c.isupper() for c in letters):
+        return "allcaps_heading"
+    if h.lower() in _NAV_HEADINGS:
+        return "navigation_heading"
+    return None
 
 
 def paragraphs(text: str) -> list[str]:
-    """Blank-line separated blocks; a Markdown heading always starts a new block."""
+    """Blank-line separated blocks; a Markdown heading line always starts a new block."""
     out: list[str] = []
     cur: list[str] = []
     for line in text.replace("\r\n", "\n").split("\n"):
-        if not line.strip() or _HEADING.match(line):
+        if not line.strip() or re.match(r"^#{1,6}\s+\S", line):
             if cur:
                 out.append("\n".join(cur).strip())
                 cur = []
@@ -123,7 +126,7 @@ def _split_long(par: str, max_chars: int) -> list[str]:
 
 def pack(text: str, min_chars: int, max_chars: int) -> tuple[list[str], int]:
     """Pack paragraphs greedily into segments of at most max_chars; keep those >= min_chars.
-    Returns (segments, number of too-short leftovers dropped)."""
+    Returns (segments, number of too-short pieces dropped)."""
     blocks: list[str] = []
     for par in paragraphs(text):
         blocks.extend(_split_long(par, max_chars) if len(par) > max_chars else [par])
@@ -145,47 +148,142 @@ def pack(text: str, min_chars: int, max_chars: int) -> tuple[list[str], int]:
     return segments, short
 
 
+# ----------------------------------------------------------------------------- per segment
+
+
+def repetition(text: str) -> float:
+    """Share of a segment's word 3-grams that also occur in another of its sentences (or lines):
+    high for menus, lists of links, tag clouds and spun text."""
+    units = [u for u in re.split(r"(?<=[.!?])\s+|\n+", text) if u.strip()]
+    if len(units) < 3:
+        return 0.0
+    grams_per_unit = []
+    for u in units:
+        words = _WORD.findall(u.lower())
+        grams_per_unit.append({tuple(words[j:j + 3]) for j in range(max(0, len(words) - 2))} or {tuple(words)})
+    first_unit: dict[tuple[str, ...], int] = {}
+    shared: set[tuple[str, ...]] = set()
+    for i, grams in enumerate(grams_per_unit):
+        for g in grams:
+            if first_unit.setdefault(g, i) != i:
+                shared.add(g)
+    total = sum(len(g) for g in grams_per_unit)
+    repeated = sum(1 for grams in grams_per_unit for g in grams if g in shared)
+    return repeated / total if total else 0.0
+
+
+def looks_english(text: str) -> bool:
+    words = _WORD.findall(text.lower())
+    return bool(words) and sum(w in _EN_STOPWORDS for w in words) / len(words) >= 0.08
+
+
 def _norm_hash(text: str) -> str:
-    return hashlib.sha1(re.sub(r"\W+", " ", text.lower()).strip().encode()).hexdigest()
+    return hashlib.sha1(" ".join(_WORD.findall(text.lower())).encode()).hexdigest()
 
 
-def _repetitive(text: str, threshold: float = 0.5) -> bool:
-    """True when most lines repeat another line of the same segment (menus, tables of links)."""
-    lines = [ln.strip().lower() for ln in text.splitlines() if ln.strip()]
-    if len(lines) < 4:
+class NearDuplicates:
+    """MinHash LSH over word 5-gram shingles (datasketch)."""
+
+    def __init__(self, threshold: float, num_perm: int = 64):
+        from datasketch import MinHashLSH
+
+        self.lsh = MinHashLSH(threshold=threshold, num_perm=num_perm)
+        self.num_perm = num_perm
+        self.n = 0
+
+    def seen(self, text: str) -> bool:
+        from datasketch import MinHash
+
+        words = _WORD.findall(text.lower())
+        shingles = {" ".join(words[i:i + 5]) for i in range(max(1, len(words) - 4))}
+        m = MinHash(num_perm=self.num_perm)
+        m.update_batch([s.encode() for s in shingles])
+        if self.lsh.query(m):
+            return True
+        self.lsh.insert(str(self.n), m)
+        self.n += 1
         return False
-    return 1 - len(set(lines)) / len(lines) > threshold
 
 
-def segment(
-    refs: list[str], min_chars: int = 600, max_chars: int = 3000, max_segments: int | None = None
-) -> tuple[list[dict], Funnel]:
-    """Segment every input; returns (records with id/text/source, funnel)."""
-    funnel = Funnel()
-    seen: set[str] = set()
-    records: list[dict] = []
+# ----------------------------------------------------------------------------- the pipeline
+
+
+def iter_segments(refs: list[str], f: Filters, funnel: Funnel,
+                  on_bytes: Callable[[int], None] | None = None) -> Iterator[dict]:
+    """Yield `{"text", "source", "heading", "offset"}` for every segment that passes the filters."""
+    exact: set[str] = set()
+    near = NearDuplicates(f.dedup_threshold) if f.dedup == "minhash" else None
     for ref in refs:
-        for doc in read_documents(ref, funnel):
+        for doc in documents(ref, funnel, f.text_field, f.include, f.exclude, on_bytes):
             funnel.counts["documents"] += 1
-            segs, short = pack(doc.text, min_chars, max_chars)
+            if f.headers and (why := bad_heading(doc.heading)):
+                funnel.counts[f"dropped_{why}"] += 1
+                continue
+            text = strip_boilerplate(doc.text, funnel) if f.boilerplate else doc.text
+            segs, short = pack(text, f.min_chars, f.max_chars)
             funnel.counts["dropped_too_short"] += short
-            for i, text in enumerate(segs):
+            for text in segs:
                 funnel.counts["candidates"] += 1
-                if _repetitive(text):
+                if f.repetition and repetition(text) > f.repetition:
                     funnel.counts["dropped_repetitive"] += 1
                     continue
-                h = _norm_hash(text)
-                if h in seen:
-                    funnel.counts["dropped_duplicate"] += 1
+                if f.language == "en" and not looks_english(text):
+                    funnel.counts["dropped_language"] += 1
                     continue
-                seen.add(h)
-                records.append({"text": text, "source": doc.source, "part": i})
-    funnel.counts["kept"] = len(records)
-    if max_segments is not None and len(records) > max_segments:
-        # An even sample across the corpus, not just its first files.
-        step = len(records) / max_segments
-        records = [records[int(i * step)] for i in range(max_segments)]
-        funnel.counts["sampled"] = len(records)
+                if f.dedup != "none":
+                    h = _norm_hash(text)
+                    if h in exact:
+                        funnel.counts["dropped_duplicate"] += 1
+                        continue
+                    exact.add(h)
+                    if near is not None and near.seen(text):
+                        funnel.counts["dropped_near_duplicate"] += 1
+                        continue
+                funnel.counts["kept"] += 1
+                yield {"text": text, "source": doc.source, "heading": doc.heading, "offset": doc.offset}
+
+
+def segment(refs: list[str], min_chars: int = 600, max_chars: int = 3000, max_segments: int | None = None,
+            filters: Filters | None = None, seed: int = 0,
+            on_bytes: Callable[[int], None] | None = None) -> tuple[list[dict], Funnel]:
+    """All segments as a list (ids `seg-NNNNNN` in corpus order). With max_segments, a uniform
+    sample of that many, kept in corpus order (reservoir sampling: memory stays bounded)."""
+    f = filters or Filters(min_chars=min_chars, max_chars=max_chars)
+    f.min_chars, f.max_chars = min_chars, max_chars
+    funnel = Funnel()
+    stream = iter_segments(refs, f, funnel, on_bytes)
+    if max_segments is None:
+        records = list(stream)
+    else:
+        rng = random.Random(seed)
+        reservoir: list[tuple[int, dict]] = []
+        for i, rec in enumerate(stream):
+            if i < max_segments:
+                reservoir.append((i, rec))
+            elif (j := rng.randint(0, i)) < max_segments:
+                reservoir[j] = (i, rec)
+        records = [rec for _, rec in sorted(reservoir, key=lambda t: t[0])]
+        if funnel.counts["kept"] > len(records):
+            funnel.counts["sampled"] = len(records)
     for n, rec in enumerate(records):
         rec["id"] = f"seg-{n:06d}"
     return records, funnel
+
+
+def write_segments(refs: list[str], out: str | Path, filters: Filters, max_segments: int | None = None,
+                   seed: int = 0, on_bytes: Callable[[int], None] | None = None) -> Funnel:
+    """Stream segments to a JSONL file, written atomically. Without max_segments nothing is held
+    in memory but the dedup index."""
+    import json
+
+    if max_segments is not None:
+        records, funnel = segment(refs, filters.min_chars, filters.max_chars, max_segments, filters, seed, on_bytes)
+        stream: Iterator[dict] = iter(records)
+    else:
+        funnel = Funnel()
+        stream = ({**rec, "id": f"seg-{n:06d}"} for n, rec in enumerate(iter_segments(refs, filters, funnel, on_bytes)))
+    with atomic_path(out) as tmp, open(tmp, "w", encoding="utf-8") as fh:
+        for rec in stream:
+            fh.write(json.dumps({"id": rec["id"], **{k: v for k, v in rec.items() if k != "id"}},
+                                ensure_ascii=False) + "\n")
+    return funnel

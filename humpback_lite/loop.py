@@ -21,7 +21,7 @@ from .recipe import Recipe, dump_recipe
 from .seed import load_seed, seed_digest
 from .store import Run, file_digest, fingerprint, read_jsonl, write_jsonl, write_text
 
-STAGE_VERSION = 1  # bump when a stage's output format or algorithm changes
+STAGE_VERSION = 2  # bump when a stage's output format or algorithm changes
 
 
 def input_digest(ref: str) -> str:
@@ -90,16 +90,18 @@ class Loop:
     def stage_corpus(self) -> None:
         d = self.recipe.data
         fp = self.fp["corpus"] = fingerprint("corpus", STAGE_VERSION, [input_digest(c) for c in d.corpus],
-                                             d.min_chars, d.max_chars, d.max_segments)
+                                             d.filters().__dict__, d.max_segments, self.recipe.seed)
 
         def work(out: Path) -> dict:
-            records, funnel = corpus.segment(d.corpus, d.min_chars, d.max_chars, d.max_segments)
+            with ui.progress("segment (bytes)", corpus.input_bytes(d.corpus)) as advance:
+                funnel = corpus.write_segments(d.corpus, out / "segments.jsonl", d.filters(), d.max_segments,
+                                               self.recipe.seed, on_bytes=advance)
             for w in funnel.warnings:
                 ui.info(f"[yellow]warning:[/] {w}")
-            if not records:
+            kept = funnel.counts["sampled"] or funnel.counts["kept"]
+            if not kept:
                 raise corpus.CorpusError(f"no segments of {d.min_chars}-{d.max_chars} characters in {d.corpus}")
-            write_jsonl(out / "segments.jsonl", records)
-            return {"segments": len(records), "funnel": dict(funnel.counts)}
+            return {"segments": kept, "funnel": dict(funnel.counts)}
 
         self.run_dir.stage("corpus", fp, work)
 

@@ -50,9 +50,28 @@ _SPECIAL = re.compile(
 _SCORE_LINE = re.compile(r"^[^\n]{0,40}\b(?:score|rating|grade)\b\s*[:=-]?\s*\d[^\n]{0,20}$", re.IGNORECASE | re.MULTILINE)
 
 
+# Sentences addressed to the judge rather than the user ("ignore the rubric", "rate this 5",
+# "this answer is perfect"). A judge of a few hundred million parameters follows them (measured:
+# +0.3 expected score), and they say nothing about whether the answer helps the user.
+_TO_JUDGE = re.compile(
+    r"[^.!?\n]*(?:"
+    r"\b(?:ignore|disregard|forget|override)\b[^.!?\n]{0,60}\b(?:rubric|instructions?|above|previous|prior|scale|criteria|rules)\b"
+    r"|\b(?:rate|score|grade|give|assign|award)\s+(?:this|it|the|my)\b[^.!?\n]{0,30}\b(?:[1-5]|five|maximum|highest|top|perfect|full marks)\b"
+    r"|\b(?:judge|evaluator|grader|rater|reviewer)s?\b[^.!?\n]{0,30}\b(?:should|must|will|need)\b"
+    r"|\b(?:this|the above|my) (?:answer|response|text|reply)\b[^.!?\n]{0,40}\b(?:perfect|flawless|excellent|deserves|written by an ai)"
+    r")[^.!?\n]*[.!?]?",
+    re.IGNORECASE,
+)
+
+
+_INLINE_SCORE = re.compile(r"\b(?:score|rating)\s*[:=]\s*[1-5](?:\s*/\s*5)?(?![\d-])", re.IGNORECASE)
+
+
 def judge_view(text: str) -> str:
-    """The candidate as the judge sees it: sanitized, with bare score lines removed."""
-    return _SCORE_LINE.sub("", sanitize(text)).strip()
+    """The candidate as the judge sees it: sanitized, without bare score lines or sentences
+    addressed to the judge. Only the judge's prompt changes; the stored answer is untouched."""
+    text = _SCORE_LINE.sub("", sanitize(text))
+    return _INLINE_SCORE.sub("", _TO_JUDGE.sub("", text)).strip()
 
 
 def sanitize(text: str) -> str:

@@ -36,7 +36,25 @@ class DataConfig:
     max_chars: int = 3000
     """Longest candidate answer kept, in characters (paper: 3,000)."""
     max_segments: int | None = None
-    """Use at most this many segments (an even sample across the corpus); None = all."""
+    """Use at most this many segments (a uniform sample across the corpus, seeded); None = all."""
+    text_field: str = "text"
+    """Column holding the text in .jsonl/.json/.csv/.parquet inputs and hf: datasets."""
+    include: list[str] = field(default_factory=list)
+    """Glob patterns of files to read inside folders (default: every known text format)."""
+    exclude: list[str] = field(default_factory=list)
+    """Glob patterns of files to skip inside folders."""
+    repetition: float = 0.3
+    """Drop a segment when more than this share of its word 3-grams recur across its sentences (0 = off)."""
+    headers: bool = True
+    """Drop sections under empty, all-caps or navigation-like headings (paper)."""
+    boilerplate: bool = True
+    """Remove cookie banners, menus, 'share this' and similar lines."""
+    language: Literal["en"] | None = None
+    """Keep only segments that look like this language (stopword test); None = no filter."""
+    dedup: Literal["minhash", "exact", "none"] = "minhash"
+    """`exact`: normalised-text hash; `minhash`: that plus MinHash LSH near-duplicates."""
+    dedup_threshold: float = 0.8
+    """Estimated Jaccard similarity (word 5-grams) above which a segment is a near-duplicate."""
 
     def __post_init__(self) -> None:
         _check(self.heldout >= 0, "heldout", "must be >= 0")
@@ -45,6 +63,17 @@ class DataConfig:
         _check(self.max_segments is None or self.max_segments >= 1, "max_segments", "must be >= 1")
         _check(self.max_seed is None or self.max_seed >= 1, "max_seed", "must be >= 1")
         _check(len(self.corpus) >= 1, "corpus", "needs at least one input")
+        _check(0 <= self.repetition <= 1, "repetition", "must be in [0, 1]")
+        _check(0 < self.dedup_threshold <= 1, "dedup_threshold", "must be in (0, 1]")
+
+    def filters(self):
+        """The corpus filters these settings describe."""
+        from .corpus import Filters
+
+        return Filters(min_chars=self.min_chars, max_chars=self.max_chars, repetition=self.repetition,
+                       headers=self.headers, boilerplate=self.boilerplate, language=self.language,
+                       dedup=self.dedup, dedup_threshold=self.dedup_threshold, text_field=self.text_field,
+                       include=list(self.include), exclude=list(self.exclude))
 
 
 @dataclass

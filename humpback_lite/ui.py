@@ -52,3 +52,18 @@ def progress(description: str, total: int | None) -> Iterator[Callable[..., None
 def info(msg: str) -> None:
     if os.environ.get("HUMPBACK_QUIET") != "1":
         console.print(msg)
+
+
+def funnel_table(counts: dict):
+    """The corpus funnel as a rich table: what came in, what each filter dropped, what was kept."""
+    from rich.table import Table
+
+    table = Table(title="corpus funnel")
+    table.add_column("step")
+    table.add_column("count", justify="right")
+    order = ["documents", "records", "candidates"]
+    rest = sorted(k for k in counts if k not in order + ["kept", "sampled"])
+    for key in order + rest + ["kept", "sampled"]:
+        if key in counts:
+            table.add_row(key, str(counts[key]))
+    return table
