@@ -144,8 +144,9 @@ def _engine(model: str, adapter: str | None, n_ctx: int, seed: int):
 @click.option("--language", type=click.Choice(["en"]), default=None)
 @click.option("--keep-headers", is_flag=True, help="Keep sections under empty/all-caps/navigation headings.")
 @click.option("--keep-boilerplate", is_flag=True, help="Keep cookie/menu/share lines.")
+@click.option("--workers", type=int, default=None, help="Processes for extraction (default: auto, by input size).")
 def segment(inputs, output, min_chars, max_chars, max_segments, text_field, include, exclude, dedup,
-            dedup_threshold, repetition, language, keep_headers, keep_boilerplate) -> None:
+            dedup_threshold, repetition, language, keep_headers, keep_boilerplate, workers) -> None:
     """Split INPUTS into candidate answers (`text`, `source`, `heading`, `offset`).
 
     INPUTS: files or folders (.txt .md .html .warc .wet .jsonl .json .csv .parquet, each also
@@ -158,7 +159,7 @@ def segment(inputs, output, min_chars, max_chars, max_segments, text_field, incl
                       dedup_threshold=dedup_threshold, text_field=text_field, include=list(include),
                       exclude=list(exclude))
     with progress("segment (bytes)", input_bytes(list(inputs))) as advance:
-        funnel = write_segments(list(inputs), output, filters, max_segments, on_bytes=advance)
+        funnel = write_segments(list(inputs), output, filters, max_segments, on_bytes=advance, workers=workers)
     for w in funnel.warnings:
         console.print(f"[yellow]warning:[/] {w}", highlight=False, soft_wrap=True)
     console.print(funnel_table(funnel.counts))

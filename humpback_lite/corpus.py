@@ -14,14 +14,18 @@ reservoir of that many segments.
 from __future__ import annotations
 
 import hashlib
+import multiprocessing
+import os
 import random
 import re
 import zlib
+from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
-from .readers import CorpusError, Document, Funnel, documents, input_bytes  # noqa: F401
+from .readers import CorpusError, Document, Funnel, documents, html_sections, input_bytes  # noqa: F401
 from .store import atomic_path
 
 _SENTENCE = re.compile(r"(?<=[.!?])\s+")
@@ -186,9 +190,7 @@ class NearDuplicates:
     """MinHash LSH over word 5-gram shingles (datasketch)."""
 
     def __init__(self, threshold: float, num_perm: int = 64):
-        from datasketch import MinHashLSH
-
-        from datasketch import MinHash
+        from datasketch import MinHash, MinHashLSH
 
         self.lsh = MinHashLSH(threshold=threshold, num_perm=num_perm)
         self.num_perm = num_perm
@@ -214,50 +216,86 @@ class NearDuplicates:
 # ----------------------------------------------------------------------------- the pipeline
 
 
+def process_document(doc: Document, f: Filters) -> tuple[list[tuple[str, str | None]], Counter]:
+    """Everything that needs only one document: HTML extraction, heading rule, boilerplate, packing,
+    repetition and language. Runs in worker processes; dedup stays in the parent."""
+    counts: Counter = Counter()
+    docs = list(html_sections(doc.text, doc.source, doc.offset)) if doc.kind == "html" else [doc]
+    counts["documents"] += len(docs) if doc.kind == "html" else 1
+    out = []
+    for d in docs:
+        if f.headers and (why := bad_heading(d.heading)):
+            counts[f"dropped_{why}"] += 1
+            continue
+        funnel = Funnel(counts=counts)
+        text = strip_boilerplate(d.text, funnel) if f.boilerplate else d.text
+        segs, short = pack(text, f.min_chars, f.max_chars)
+        counts["dropped_too_short"] += short
+        for seg in segs:
+            counts["candidates"] += 1
+            if f.repetition and repetition(seg) > f.repetition:
+                counts["dropped_repetitive"] += 1
+            elif f.language == "en" and not looks_english(seg):
+                counts["dropped_language"] += 1
+            else:
+                out.append((seg, d.heading))
+    return out, counts
+
+
+def _default_workers(refs: list[str]) -> int:
+    """Parallel only for inputs big enough to repay starting the worker processes (~1 s)."""
+    size = input_bytes(refs)
+    if size is not None and size < 8_000_000:
+        return 1
+    return max(1, min(4, os.cpu_count() or 1))
+
+
 def iter_segments(refs: list[str], f: Filters, funnel: Funnel,
-                  on_bytes: Callable[[int], None] | None = None) -> Iterator[dict]:
-    """Yield `{"text", "source", "heading", "offset"}` for every segment that passes the filters."""
+                  on_bytes: Callable[[int], None] | None = None, workers: int | None = None) -> Iterator[dict]:
+    """Yield `{"text", "source", "heading", "offset"}` for every segment that passes the filters.
+    Per-document work runs in `workers` processes (HTML extraction dominates); order is kept."""
     exact: set[str] = set()
     near = NearDuplicates(f.dedup_threshold) if f.dedup == "minhash" else None
-    for ref in refs:
-        for doc in documents(ref, funnel, f.text_field, f.include, f.exclude, on_bytes):
-            funnel.counts["documents"] += 1
-            if f.headers and (why := bad_heading(doc.heading)):
-                funnel.counts[f"dropped_{why}"] += 1
-                continue
-            text = strip_boilerplate(doc.text, funnel) if f.boilerplate else doc.text
-            segs, short = pack(text, f.min_chars, f.max_chars)
-            funnel.counts["dropped_too_short"] += short
-            for text in segs:
-                funnel.counts["candidates"] += 1
-                if f.repetition and repetition(text) > f.repetition:
-                    funnel.counts["dropped_repetitive"] += 1
-                    continue
-                if f.language == "en" and not looks_english(text):
-                    funnel.counts["dropped_language"] += 1
-                    continue
-                if f.dedup != "none":
-                    h = _norm_hash(text)
-                    if h in exact:
-                        funnel.counts["dropped_duplicate"] += 1
-                        continue
-                    exact.add(h)
-                    if near is not None and near.seen(text):
-                        funnel.counts["dropped_near_duplicate"] += 1
-                        continue
-                funnel.counts["kept"] += 1
-                yield {"text": text, "source": doc.source, "heading": doc.heading, "offset": doc.offset}
+    workers = workers or _default_workers(refs)
+    # forkserver: workers fork from a clean server process, not from one that may hold llama.cpp
+    # or torch threads
+    pool = multiprocessing.get_context("forkserver").Pool(workers) if workers > 1 else None
+    try:
+        for ref in refs:
+            docs = documents(ref, funnel, f.text_field, f.include, f.exclude, on_bytes)
+            mapper = pool.imap(partial(_process, f=f), docs, chunksize=4) if pool else (_process(d, f) for d in docs)
+            for (segs, counts), (source, offset) in mapper:
+                funnel.counts.update(counts)
+                for text, heading in segs:
+                    if f.dedup != "none":
+                        h = _norm_hash(text)
+                        if h in exact:
+                            funnel.counts["dropped_duplicate"] += 1
+                            continue
+                        exact.add(h)
+                        if near is not None and near.seen(text):
+                            funnel.counts["dropped_near_duplicate"] += 1
+                            continue
+                    funnel.counts["kept"] += 1
+                    yield {"text": text, "source": source, "heading": heading, "offset": offset}
+    finally:
+        if pool:
+            pool.terminate()
+
+
+def _process(doc: Document, f: Filters):
+    return process_document(doc, f), (doc.source, doc.offset)
 
 
 def segment(refs: list[str], min_chars: int = 600, max_chars: int = 3000, max_segments: int | None = None,
-            filters: Filters | None = None, seed: int = 0,
-            on_bytes: Callable[[int], None] | None = None) -> tuple[list[dict], Funnel]:
+            filters: Filters | None = None, seed: int = 0, on_bytes: Callable[[int], None] | None = None,
+            workers: int | None = None) -> tuple[list[dict], Funnel]:
     """All segments as a list (ids `seg-NNNNNN` in corpus order). With max_segments, a uniform
     sample of that many, kept in corpus order (reservoir sampling: memory stays bounded)."""
     f = filters or Filters(min_chars=min_chars, max_chars=max_chars)
     f.min_chars, f.max_chars = min_chars, max_chars
     funnel = Funnel()
-    stream = iter_segments(refs, f, funnel, on_bytes)
+    stream = iter_segments(refs, f, funnel, on_bytes, workers)
     if max_segments is None:
         records = list(stream)
     else:
@@ -277,17 +315,20 @@ def segment(refs: list[str], min_chars: int = 600, max_chars: int = 3000, max_se
 
 
 def write_segments(refs: list[str], out: str | Path, filters: Filters, max_segments: int | None = None,
-                   seed: int = 0, on_bytes: Callable[[int], None] | None = None) -> Funnel:
+                   seed: int = 0, on_bytes: Callable[[int], None] | None = None,
+                   workers: int | None = None) -> Funnel:
     """Stream segments to a JSONL file, written atomically. Without max_segments nothing is held
     in memory but the dedup index."""
     import json
 
     if max_segments is not None:
-        records, funnel = segment(refs, filters.min_chars, filters.max_chars, max_segments, filters, seed, on_bytes)
+        records, funnel = segment(refs, filters.min_chars, filters.max_chars, max_segments, filters, seed, on_bytes,
+                                  workers)
         stream: Iterator[dict] = iter(records)
     else:
         funnel = Funnel()
-        stream = ({**rec, "id": f"seg-{n:06d}"} for n, rec in enumerate(iter_segments(refs, filters, funnel, on_bytes)))
+        stream = ({**rec, "id": f"seg-{n:06d}"}
+                  for n, rec in enumerate(iter_segments(refs, filters, funnel, on_bytes, workers)))
     with atomic_path(out) as tmp, open(tmp, "w", encoding="utf-8") as fh:
         for rec in stream:
             fh.write(json.dumps({"id": rec["id"], **{k: v for k, v in rec.items() if k != "id"}},

@@ -45,6 +45,7 @@ class Document:
     source: str  # file path, URL or dataset name
     heading: str | None = None  # None: the format has no headings; "": text before the first heading
     offset: int | str = 0  # byte offset, line number or record id
+    kind: str = "text"  # "html": `text` is a raw page, extracted later (in a worker process)
 
 
 @dataclass
@@ -181,7 +182,7 @@ def warc_documents(f: BinaryIO, source: str, funnel: Funnel) -> Iterator[Documen
                 funnel.counts["records_not_html"] += 1
                 continue
             funnel.counts["records"] += 1
-            yield from html_sections(record.content_stream().read(), url, rid)
+            yield Document(record.content_stream().read().decode("utf-8", errors="replace"), url, None, rid, "html")
 
 
 def table_rows(path: Path, kind: str, f: BinaryIO, text_field: str, funnel: Funnel) -> Iterator[Document]:
@@ -300,7 +301,7 @@ def file_documents(path: Path, funnel: Funnel, text_field: str = "text",
             if kind in (".warc", ".wet", ".arc"):
                 docs = warc_documents(f, str(path), funnel)
             elif kind in (".html", ".htm", ".xhtml"):
-                docs = html_sections(f.read(), str(path))
+                docs = iter([Document(f.read().decode("utf-8", errors="replace"), str(path), None, 0, "html")])
             elif kind in (".md", ".markdown"):
                 docs = (d for block in text_blocks(f, str(path), funnel)
                         for d in markdown_sections(block.text, str(path), block.offset))

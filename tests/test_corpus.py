@@ -202,3 +202,13 @@ def test_max_segments_is_a_seeded_sample_across_the_whole_corpus():
     assert len({r["source"] for r in a}) >= 8  # not just the first topic
     assert [r["id"] for r in a] == [f"seg-{i:06d}" for i in range(10)]
     assert funnel.counts["sampled"] == 10
+
+
+def test_worker_processes_give_the_same_segments_in_the_same_order(tmp_path):
+    for i in range(12):
+        (tmp_path / f"p{i:02d}.html").write_text(PAGE.replace("Python lists", f"Python lists, part {i}")
+                                                 .replace(LISTS, f"Part {i} of the guide. " + LISTS))
+    serial, f1 = segment([str(tmp_path)], 200, 1000, filters=f(dedup="exact"), workers=1)
+    parallel, f2 = segment([str(tmp_path)], 200, 1000, filters=f(dedup="exact"), workers=2)
+    assert _texts(serial) == _texts(parallel) and len(serial) >= 12
+    assert f1.counts == f2.counts
