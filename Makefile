@@ -7,5 +7,7 @@ lint:
 	ruff check humpback_lite tests benchmarks
 bench:
 	python benchmarks/bench_engine.py
+	python benchmarks/bench_score.py
+	python benchmarks/bench_segment.py
 quickstart:
 	humpback run recipes/quickstart.yaml
