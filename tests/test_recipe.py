@@ -30,7 +30,7 @@ def test_unknown_key_names_the_dotted_key_and_suggests():
 def test_wrong_type_names_key_and_allowed_type():
     with pytest.raises(RecipeError, match=r"rounds: expected int, got 'two'"):
         from_dict({"rounds": "two"})
-    with pytest.raises(RecipeError, match=r"curate\.mode: expected one of 'expected', 'reasoning'"):
+    with pytest.raises(RecipeError, match=r"curate\.mode: expected one of 'expected', 'greedy', 'reasoning', got 'vibes'"):
         from_dict({}, ["curate.mode=vibes"])
 
 
