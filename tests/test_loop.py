@@ -132,8 +132,9 @@ def test_bad_recipe_key_fails_with_one_clear_line(tmp_path):
 
 
 def test_segment_command_writes_segments_jsonl(tmp_path):
-    body = " ".join(f"Sentence {i} says something new about item {i * 7} of the list." for i in range(30))
-    (tmp_path / "doc.md").write_text("# Lists\n\n" + body)
+    from pydoc_data.topics import topics
+
+    (tmp_path / "doc.md").write_text("# Lists\n\n" + topics["lists"] + "\n\n# Numbers\n\n" + topics["numbers"])
     out = tmp_path / "segments.jsonl"
     result = CliRunner().invoke(main, ["segment", str(tmp_path / "doc.md"), "-o", str(out), "--min-chars", "200"])
     assert result.exit_code == 0, result.output
