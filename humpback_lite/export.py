@@ -3,14 +3,13 @@ an Ollama Modelfile."""
 
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 
 from . import prompts
 from .models import ModelCard
 from .recipe import Recipe, dump_recipe
-from .store import Run, read_jsonl, write_jsonl, write_text
+from .store import Run, read_jsonl, write_json, write_jsonl, write_text
 
 OLLAMA_CHATML = '''TEMPLATE """{{- if .System }}<|im_start|>system
 {{ .System }}<|im_end|>
@@ -121,5 +120,5 @@ def export(run: Run, recipe: Recipe, card: ModelCard, gguf: Path, out: Path) -> 
         "```",
     ]
     write_text(out / "README.md", "\n".join(lines) + "\n")
-    (out / "rounds.json").write_text(json.dumps(table, indent=2))
+    write_json(out / "rounds.json", table)
     return {"dataset_rows": len(data), "seed_rows": n_seed, "augmented_rows": n_aug}

@@ -63,3 +63,17 @@ def test_interrupted_stage_keeps_partial_files_for_resume(tmp_path):
     # with a different fingerprint the partial output is discarded
     d3 = Run(tmp_path).begin("aug", "other")
     assert not (d3 / "pairs.jsonl").exists()
+
+
+def test_atomic_files_get_normal_permissions(tmp_path):
+    import os
+
+    from humpback_lite.store import atomic_dir
+
+    write_json(tmp_path / "a.json", {})
+    mask = os.umask(0)
+    os.umask(mask)
+    assert (tmp_path / "a.json").stat().st_mode & 0o777 == 0o666 & ~mask
+    with atomic_dir(tmp_path / "d") as d:
+        (d / "x").write_text("1")
+    assert (tmp_path / "d").stat().st_mode & 0o777 == 0o777 & ~mask
