@@ -35,7 +35,7 @@ _BOILERPLATE = re.compile(
     r"|share (?:this|on)\b|follow us|subscribe(?: now| to)?\b|sign (?:in|up)\b|log ?in\b|log ?out\b"
     r"|all rights reserved|copyright\b|©|skip to (?:main )?content|back to top|read more\b|privacy policy"
     r"|terms (?:of|and) (?:use|service|conditions)|home\s*[|>»/]|you are here:|previous\s*[|/]\s*next"
-    r"|advertisement\b|related (?:posts|articles)\b|leave a (?:comment|reply))",
+    r"|advertisement\b|related (?:posts|articles)\b|leave a (?:comment|reply)|table of contents\W*$)",
     re.IGNORECASE,
 )
 _NAV_HEADINGS = {

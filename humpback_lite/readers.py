@@ -141,8 +141,11 @@ def text_blocks(f: BinaryIO, source: str, funnel: Funnel) -> Iterator[Document]:
 def markdown_sections(text: str, source: str, offset: int | str = 0) -> Iterator[Document]:
     """One document per heading: the heading and the text that follows it."""
     heading, buf = "", []
+    fenced = False
     for line in text.splitlines():
-        m = _HEADING.match(line)
+        if line.lstrip().startswith(("```", "~~~")):
+            fenced = not fenced  # a "# comment" inside a code block is not a heading
+        m = None if fenced else _HEADING.match(line)
         if m:
             if any(s.strip() for s in buf):
                 yield Document("\n".join(buf).strip(), source, heading, offset)

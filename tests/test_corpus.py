@@ -212,3 +212,10 @@ def test_worker_processes_give_the_same_segments_in_the_same_order(tmp_path):
     parallel, f2 = segment([str(tmp_path)], 200, 1000, filters=f(dedup="exact"), workers=2)
     assert _texts(serial) == _texts(parallel) and len(serial) >= 12
     assert f1.counts == f2.counts
+
+
+def test_hash_lines_inside_code_blocks_are_not_headings():
+    from humpback_lite.readers import markdown_sections
+
+    md = "# Rebasing\n\nIntro text.\n\n```\n# a shell comment\ngit rebase -i\n```\n\nMore text.\n\n## Next\n\nBody."
+    assert [d.heading for d in markdown_sections(md, "x.md")] == ["Rebasing", "Next"]
