@@ -118,7 +118,7 @@ def main() -> None:
                 path = generate(kind, mb, Path(td))
                 r = measure(path, mb, args.runs)
                 print(f"{kind:8} {mb:5d} {r['mb_s']:7.2f} {r['seg_s']:11.1f} {r['rss']:12.0f} {r['segments']:9d}", flush=True)
-    print(f"(medians of {args.runs} runs; MB = uncompressed page bytes; one process, default filters)")
+    print(f"(medians of {args.runs} runs; MB = uncompressed bytes; default filters and workers; RSS of the parent)")
 
 
 if __name__ == "__main__":
