@@ -17,7 +17,7 @@ import time
 from humpback_lite import prompts
 from humpback_lite.corpus import segment
 from humpback_lite.engine import Engine
-from humpback_lite.models import fetch, get_card
+from humpback_lite.models import fetch, get_card, runtime_gguf
 from humpback_lite.train import prepare_weights
 
 
@@ -39,18 +39,19 @@ def main() -> None:
     card = get_card("smollm2-135m")
     gguf = fetch(card)
     segs = [r["text"] for r in segment(["pydoc:topics"], 900, 1300, max_segments=args.pairs)[0]]
-    engine = Engine(gguf, n_ctx=2048)
+    engines = {"Q4_1 (shipped)": Engine(gguf, n_ctx=2048), "BF16 (runtime_type)": Engine(runtime_gguf(gguf, "bf16"), n_ctx=2048)}
+    engine = engines["Q4_1 (shipped)"]
     aug_prompts = [engine.format(prompts.backward_messages(s)) for s in segs]
     score_prompts = [engine.format(prompts.rubric_messages("Explain this part of Python.", s),
                                    assistant_prefix=engine.score_prefix) for s in segs]
 
-    def ours_augment():
+    def ours_augment(e):
         for i, p in enumerate(aug_prompts):
-            engine.generate(p, max_tokens=48, temperature=0.7, top_p=0.9, seed=i)
+            e.generate(p, max_tokens=48, temperature=0.7, top_p=0.9, seed=i)
 
-    def ours_score():
+    def ours_score(e):
         for p in score_prompts:
-            engine.digit_score(p)
+            e.digit_score(p)
 
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -74,14 +75,12 @@ def main() -> None:
         hf_batches(score_prompts, lambda enc: model(**enc).logits[:, -1])
 
     n = len(segs)
-    rows = []
+    print(f"{'load':8} {'llama.cpp GGUF':20} {'ours pairs/s':>12} {'transformers bf16 b8 pairs/s':>29} {'ratio':>7}")
     for name, ours, theirs in (("augment", ours_augment, hf_augment), ("score", ours_score, hf_score)):
-        t_ours = timed(ours, args.repeats)
         t_hf = timed(theirs, args.repeats)
-        rows.append((name, n / t_ours, n / t_hf))
-    print(f"{'load':8} {'ours (llama.cpp) pairs/s':>26} {'transformers bf16 b8 pairs/s':>30} {'ratio':>7}")
-    for name, ours, hf in rows:
-        print(f"{name:8} {ours:26.2f} {hf:30.2f} {ours / hf:7.2f}x")
+        for label, e in engines.items():
+            t_ours = timed(lambda e=e, ours=ours: ours(e), args.repeats)
+            print(f"{name:8} {label:20} {n / t_ours:12.2f} {n / t_hf:29.2f} {t_hf / t_ours:7.2f}x", flush=True)
     print(f"(medians of {args.repeats} runs over {n} pairs; torch threads {torch.get_num_threads()})")
 
 

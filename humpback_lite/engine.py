@@ -18,29 +18,12 @@ from pathlib import Path
 
 import numpy as np
 
-from .models import ModelError, check_gguf
+from .models import ModelError, check_gguf, quiet_stderr
 
 CHATML = (
     "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + "
     "'<|im_end|>' + '\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
 )
-
-
-@contextlib.contextmanager
-def _quiet_stderr():
-    """llama.cpp logs to fd 2 from C; silence it during load unless HUMPBACK_VERBOSE is set."""
-    if os.environ.get("HUMPBACK_VERBOSE"):
-        yield
-        return
-    saved = os.dup(2)
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    try:
-        os.dup2(devnull, 2)
-        yield
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-        os.close(devnull)
 
 
 @dataclass
@@ -79,7 +62,7 @@ class Engine:
         if adapter is not None:
             check_gguf(Path(adapter))
         try:
-            with _quiet_stderr():
+            with quiet_stderr():
                 self.llm = Llama(
                     model_path=str(self.gguf),
                     lora_path=str(adapter) if adapter else None,

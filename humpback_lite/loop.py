@@ -16,7 +16,7 @@ from pathlib import Path
 
 from . import __version__, corpus, curate, prompts, ui
 from .augment import augment
-from .models import fetch, get_card
+from .models import fetch, get_card, runtime_gguf
 from .recipe import Recipe, dump_recipe
 from .seed import load_seed, seed_digest
 from .store import Run, file_digest, fingerprint, read_jsonl, write_jsonl, write_text
@@ -56,7 +56,7 @@ class Loop:
         from .engine import Engine
 
         e = self.recipe.engine
-        return Engine(self.gguf, adapter=adapter, n_ctx=e.n_ctx, n_threads=e.n_threads, n_batch=e.n_batch,
+        return Engine(runtime_gguf(self.gguf, e.runtime_type), adapter=adapter, n_ctx=e.n_ctx, n_threads=e.n_threads, n_batch=e.n_batch,
                       n_gpu_layers=e.n_gpu_layers, seed=self.recipe.seed)
 
     def _train(self, stage: str, rows: list[dict], meta_rows: list[dict], cfg) -> dict:
@@ -119,7 +119,7 @@ class Loop:
     def stage_augment(self) -> None:
         r = self.recipe
         fp = self.fp["augment"] = fingerprint("augment", STAGE_VERSION, self.fp["corpus"], self.fp["backward"],
-                                              r.augment.__dict__, r.seed)
+                                              r.augment.__dict__, r.engine.runtime_type, r.seed)
 
         def work(d: Path) -> dict:
             segments = read_jsonl(self.run_dir.dir("corpus") / "segments.jsonl")
@@ -165,7 +165,8 @@ class Loop:
         stage = f"{round_dir(rnd)}/score"
         judge = f"{round_dir(rnd - 1)}/train"
         fp = self.fp[stage] = fingerprint("score", STAGE_VERSION, self.fp["augment"], self.fp[judge],
-                                          r.curate.mode, r.curate.reasoning_tokens, r.curate.checks, r.tags)
+                                          r.curate.mode, r.curate.reasoning_tokens, r.curate.checks,
+                                          r.engine.runtime_type, r.tags)
 
         def work(d: Path) -> dict:
             pairs = read_jsonl(self.run_dir.dir("augment") / "pairs.jsonl")

@@ -86,6 +86,9 @@ class EngineConfig:
     """Prompt tokens evaluated per llama.cpp decode call."""
     n_gpu_layers: int = 0
     """Layers offloaded to a GPU when llama.cpp was built with one (-1 = all)."""
+    runtime_type: Literal["original", "bf16", "q8_0"] = "bf16"
+    """Tensor type llama.cpp runs: the GGUF as shipped, or a copy converted once (cached). Q4_1 and
+    some other 4-bit types have no fast CPU kernel; bf16 evaluates prompts ~2.5x faster on CPU."""
 
     def __post_init__(self) -> None:
         _check(self.n_ctx >= 256, "n_ctx", "must be >= 256")

@@ -48,3 +48,18 @@ def test_models_command_lists_cards_and_cache_state(model_gguf):
     result = CliRunner().invoke(main, ["models"])
     assert result.exit_code == 0, result.output
     assert "smollm2-135m" in result.output and "yes" in result.output
+
+
+def test_runtime_conversion_to_bf16_is_cached_and_scores_like_the_original(model_gguf, engine):
+    from humpback_lite import prompts
+    from humpback_lite.models import runtime_gguf
+
+    bf16 = runtime_gguf(model_gguf, "bf16")
+    assert bf16 != model_gguf and bf16.read_bytes()[:4] == b"GGUF"
+    assert runtime_gguf(model_gguf, "bf16") == bf16  # second call: the cached file
+    assert runtime_gguf(model_gguf, "original") == model_gguf
+    e = Engine(bf16, n_ctx=1024)
+    p = engine.format(prompts.rubric_messages("What is a list?", "An ordered, mutable sequence."),
+                      assistant_prefix=engine.score_prefix)
+    assert abs(e.digit_score(p).expected - engine.digit_score(p).expected) < 0.1
+    e.close()
