@@ -100,9 +100,6 @@ class Engine:
         # stripped by prompts.sanitize(). add_bos=False: templates that want BOS include it.
         return self.llm.tokenize(text.encode("utf-8"), add_bos=False, special=True)
 
-    def count_tokens(self, text: str) -> int:
-        return len(self.llm.tokenize(text.encode("utf-8"), add_bos=False, special=False))
-
     def truncate(self, text: str, max_tokens: int) -> str:
         toks = self.llm.tokenize(text.encode("utf-8"), add_bos=False, special=False)
         if len(toks) <= max_tokens:

@@ -277,12 +277,6 @@ class Run:
         self.finish(stage, counts)
         return True
 
-    def fingerprint_of(self, stage: str) -> str:
-        info = self.info(stage)
-        if info is None:
-            raise KeyError(stage)
-        return info.fingerprint
-
     def set_meta(self, key: str, value: Any) -> None:
         self.manifest[key] = value
         self._save()
