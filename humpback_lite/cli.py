@@ -19,7 +19,7 @@ def _errors() -> tuple[type[BaseException], ...]:
     from .recipe import RecipeError
     from .store import DataError
 
-    return (RecipeError, DataError, ModelError, CorpusError, AdapterError, FileNotFoundError, OSError)
+    return (RecipeError, DataError, ModelError, CorpusError, AdapterError, OSError)
 
 
 class _Group(click.Group):

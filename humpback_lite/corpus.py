@@ -13,6 +13,7 @@ reservoir of that many segments.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import multiprocessing
 import os
@@ -292,8 +293,8 @@ def segment(refs: list[str], min_chars: int = 600, max_chars: int = 3000, max_se
             workers: int | None = None) -> tuple[list[dict], Funnel]:
     """All segments as a list (ids `seg-NNNNNN` in corpus order). With max_segments, a uniform
     sample of that many, kept in corpus order (reservoir sampling: memory stays bounded)."""
-    f = filters or Filters(min_chars=min_chars, max_chars=max_chars)
-    f.min_chars, f.max_chars = min_chars, max_chars
+    # a copy: the caller's Filters must not change under it
+    f = dataclasses.replace(filters or Filters(), min_chars=min_chars, max_chars=max_chars)
     funnel = Funnel()
     stream = iter_segments(refs, f, funnel, on_bytes, workers)
     if max_segments is None:
