@@ -133,3 +133,75 @@ def peft_to_gguf(adapter_dir: str | Path, base_gguf: str | Path, out: str | Path
         writer.write_tensors_to_file()
         writer.close()
     return {"tensors": len(writer_summary), "rank": r, "alpha": alpha, "arch": arch}
+
+
+def _copy_fields(reader, writer) -> None:
+    import gguf
+
+    for f in reader.fields.values():
+        # GGUF.* are the reader's virtual fields; the writer writes general.architecture itself.
+        if f.name.startswith("GGUF.") or f.name == gguf.Keys.General.ARCHITECTURE:
+            continue
+        vtype = f.types[0]
+        sub = f.types[-1] if vtype == gguf.GGUFValueType.ARRAY else None
+        writer.add_key_value(f.name, f.contents(), vtype, sub_type=sub)
+
+
+def merge_gguf(base_gguf: str | Path, adapter_gguf: str | Path, out: str | Path, out_type: str = "base") -> dict[str, Any]:
+    """Fold a GGUF LoRA into its base: W' = W + alpha/r * B @ A for every adapted tensor.
+
+    Adapted tensors are dequantized, merged in float32 and quantized again to `out_type`: "base"
+    keeps each tensor's own type (Q4_1 for the embedded model), or a type name (Q8_0, F16, BF16, F32).
+    Other tensors and all metadata are copied byte for byte. gguf-py quantizes the legacy types
+    (Q4_0/Q4_1/Q5_0/Q5_1/Q8_0) but not K-quants; a K-quant tensor falls back to Q8_0 (noted)."""
+    import gguf
+    from gguf import GGMLQuantizationType as QT
+
+    base = gguf.GGUFReader(str(base_gguf))
+    ad = gguf.GGUFReader(str(adapter_gguf))
+
+    def field(reader, key: str) -> Any:
+        f = reader.fields.get(key)
+        return f.contents() if f is not None else None
+
+    arch = field(base, "general.architecture")
+    if field(ad, "general.type") != "adapter" or field(ad, "adapter.type") != "lora":
+        raise AdapterError(f"{adapter_gguf}: not a GGUF LoRA adapter")
+    if field(ad, "general.architecture") != arch:
+        raise AdapterError(f"{adapter_gguf}: adapter is for {field(ad, 'general.architecture')}, base is {arch}")
+    alpha = float(field(ad, "adapter.lora.alpha"))
+    lora: dict[str, dict[str, np.ndarray]] = {}
+    for t in ad.tensors:
+        name, _, part = t.name.rpartition(".lora_")
+        lora.setdefault(name, {})[part] = np.asarray(t.data, dtype=np.float32)
+    names = {t.name for t in base.tensors}
+    if missing := sorted(set(lora) - names):
+        raise AdapterError(f"{adapter_gguf}: the base has no tensor {missing[0]} (wrong base model?)")
+
+    types: dict[str, int] = {}
+    fallbacks = []
+    with atomic_path(out, suffix=".gguf") as tmp:
+        writer = gguf.GGUFWriter(str(tmp), arch)
+        _copy_fields(base, writer)
+        for t in base.tensors:
+            if t.name not in lora:
+                writer.add_tensor(t.name, t.data, raw_dtype=t.tensor_type)
+                continue
+            a, b = lora[t.name]["a"], lora[t.name]["b"]
+            w = gguf.quants.dequantize(t.data, t.tensor_type).astype(np.float32)
+            w += (alpha / a.shape[0]) * (b @ a)
+            qtype = t.tensor_type if out_type == "base" else QT[out_type]
+            try:
+                data = gguf.quants.quantize(w, qtype)
+            except NotImplementedError:
+                fallbacks.append(f"{t.name}: {qtype.name} -> Q8_0")
+                qtype = QT.Q8_0
+                data = gguf.quants.quantize(w, qtype)
+            writer.add_tensor(t.name, data, raw_dtype=qtype)
+            types[qtype.name] = types.get(qtype.name, 0) + 1
+        writer.write_header_to_file()
+        writer.write_kv_data_to_file()
+        writer.write_tensors_to_file()
+        writer.close()
+    return {"merged_tensors": sum(types.values()), "types": types, "fallbacks": fallbacks,
+            "bytes": Path(out).stat().st_size}

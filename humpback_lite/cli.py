@@ -15,11 +15,12 @@ def _errors() -> tuple[type[BaseException], ...]:
     """User-facing error types: printed as one line, exit status 1, no traceback."""
     from .adapters import AdapterError
     from .corpus import CorpusError
+    from .export import PushError
     from .models import ModelError
     from .recipe import RecipeError
     from .store import DataError
 
-    return (RecipeError, DataError, ModelError, CorpusError, AdapterError, OSError)
+    return (RecipeError, DataError, ModelError, CorpusError, AdapterError, PushError, OSError)
 
 
 class _Group(click.Group):
@@ -60,7 +61,107 @@ def run(recipe: str, overrides: tuple[str, ...], out_dir: str | None) -> None:
     console.print(f"run folder: [bold]{out}[/] (rerun the same command to resume)")
     run_dir = run_loop(rec, out)
     _print_status(run_dir.root)
+    _print_report(run_dir.root)
     console.print(f"[green]done:[/] {run_dir.root / 'export'}")
+
+
+@main.command()
+@click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
+@click.argument("overrides", nargs=-1)
+@click.option("--judge", help='Judge for win rates: "final" (default), "base", a model card name or a .gguf path.')
+@click.option("--limit", type=int, help="Use at most this many held-out pairs.")
+def evaluate(run_dir: str, overrides: tuple[str, ...], judge: str | None, limit: int | None) -> None:
+    """Score every model of RUN_DIR on its held-out seed pairs: NLL and win rates.
+
+    Evaluates base, M0 .. Mn, then refreshes the model card and the report. OVERRIDES are recipe
+    keys, e.g. evaluate.max_new_tokens=64."""
+    from .loop import load_run
+
+    extra = list(overrides) + ([f"evaluate.judge={judge}"] if judge else []) + ([f"evaluate.limit={limit}"] if limit else [])
+    load_run(run_dir, extra).evaluate()
+    _print_report(Path(run_dir))
+
+
+@main.command()
+@click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
+def report(run_dir: str) -> None:
+    """Write RUN_DIR/report/index.html (one self-contained page with plots) and print a summary."""
+    _print_report(Path(run_dir))
+
+
+def _print_report(root: Path) -> None:
+    from .report import summary_table, write_report
+    from .ui import console
+
+    path = write_report(root)
+    console.print(summary_table(root))
+    console.print(f"report: [bold]{path}[/]", highlight=False, soft_wrap=True)
+
+
+@main.command()
+@click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
+@click.option("--repo", required=True, help="Hugging Face model repo, owner/name (created if missing).")
+@click.option("--dry-run", is_flag=True, help="List the files that would be uploaded; upload nothing.")
+@click.option("--private", is_flag=True, help="Create the repo as private.")
+@click.option("--no-merged", is_flag=True, help="Leave out model.gguf (the merged model).")
+@click.option("--token", envvar="HF_TOKEN", help="Hub token (default: $HF_TOKEN or `hf auth login`).")
+def push(run_dir: str, repo: str, dry_run: bool, private: bool, no_merged: bool, token: str | None) -> None:
+    """Upload RUN_DIR/export (adapters, merged GGUF, dataset, model card) to the Hugging Face Hub."""
+    from .export import push as do_push
+    from .ui import console
+
+    files = do_push(Path(run_dir) / "export", repo, dry_run=dry_run, private=private, token=token,
+                    include_merged=not no_merged)
+    for name, size in files:
+        console.print(f"  {name}  [dim]{size / 2**20:.1f} MB[/]", highlight=False)
+    verb = "would upload" if dry_run else "uploaded"
+    console.print(f"{verb} {len(files)} files ({sum(s for _, s in files) / 2**20:.1f} MB) to "
+                  f"https://huggingface.co/{repo}", highlight=False, soft_wrap=True)
+
+
+@main.command()
+@click.argument("run_dir", required=False, type=click.Path(exists=True, file_okay=False))
+@click.option("--model", default="smollm2-135m", show_default=True, help="Base model (with --adapter).")
+@click.option("--adapter", type=click.Path(exists=True, dir_okay=False), help="A GGUF LoRA instead of a run.")
+@click.option("--system", help="System prompt (default: the seed tag the model was trained with).")
+@click.option("--max-tokens", default=256, show_default=True)
+@click.option("--temperature", default=0.7, show_default=True)
+@click.option("--n-ctx", default=2048, show_default=True)
+def chat(run_dir: str | None, model: str, adapter: str | None, system: str | None, max_tokens: int,
+         temperature: float, n_ctx: int) -> None:
+    """Chat with the final model of RUN_DIR (or --model with --adapter). /exit or Ctrl-D quits,
+    /reset starts over."""
+    from . import prompts
+    from .chat import Chat, run_model
+    from .engine import Engine
+    from .models import ModelError, fetch, get_card
+    from .ui import console
+
+    if run_dir:
+        gguf, lora = run_model(run_dir)
+    elif adapter:
+        gguf, lora = fetch(get_card(model)), Path(adapter)
+    else:
+        raise ModelError("give a run folder or --adapter")
+    engine = Engine(gguf, adapter=lora, n_ctx=n_ctx)
+    session = Chat(engine, system or prompts.SEED_TAG, max_tokens=max_tokens, temperature=temperature)
+    console.print(f"chatting with {gguf.name}" + (f" + {lora.name}" if lora else "") + "; /exit quits, /reset starts over",
+                  highlight=False, soft_wrap=True)
+    try:
+        while True:
+            try:
+                text = click.prompt("you", prompt_suffix="> ", default="", show_default=False)
+            except (EOFError, click.Abort):
+                break
+            if text.strip() in ("/exit", "/quit"):
+                break
+            if text.strip() == "/reset":
+                session.history.clear()
+                continue
+            if text.strip():
+                console.print(f"[bold cyan]model>[/] {session.reply(text)}", highlight=False, soft_wrap=True)
+    finally:
+        engine.close()
 
 
 @main.command()

@@ -137,19 +137,19 @@ class Engine:
 
     # ------------------------------------------------------------------ scoring
 
-    def _digit_tokens(self) -> tuple[str, list[int]]:
-        """Find how this tokenizer writes the digit after `Score:`: either `Score:` + ` N`
-        (one token with the space) or `Score: ` + `N`. Returns (prompt suffix, 5 token ids)."""
-        for suffix, fmt in (("Score:", " {}"), ("Score: ", "{}")):
+    def _digit_tokens(self, label: str = "Score:", digits: str = "12345") -> tuple[str, list[int]]:
+        """Find how this tokenizer writes a digit after `label`: either `label` + ` N` (one
+        token with the space) or `label ` + `N`. Returns (prompt suffix, one token id per digit)."""
+        for suffix, fmt in ((label, " {}"), (label + " ", "{}")):
             base = self.llm.tokenize(suffix.encode(), add_bos=False, special=False)
             ids = []
-            for d in "12345":
+            for d in digits:
                 full = self.llm.tokenize((suffix + fmt.format(d)).encode(), add_bos=False, special=False)
                 if full[: len(base)] == base and len(full) == len(base) + 1:
                     ids.append(full[-1])
-            if len(ids) == 5:
+            if len(ids) == len(digits):
                 return suffix, ids
-        raise ModelError(f"{self.gguf}: cannot find single tokens for the digits 1-5 after 'Score:'")
+        raise ModelError(f"{self.gguf}: cannot find single tokens for the digits {digits} after {label!r}")
 
     @property
     def score_prefix(self) -> str:
@@ -187,6 +187,45 @@ class Engine:
         probs = np.exp(lp - lp.max())
         probs /= probs.sum()
         return DigitScore(probs=[float(p) for p in probs], mass=mass)
+
+    def choice_probs(self, prompt: str, ids: list[int]) -> list[float]:
+        """P(each token of `ids`) as the next token after `prompt`, renormalised over them."""
+        logits = self.next_token_logits(self.tokenize(prompt)).astype(np.float64)[ids]
+        p = np.exp(logits - logits.max())
+        return [float(x) for x in p / p.sum()]
+
+    def token_logprobs(self, context: list[int], target: list[int]) -> np.ndarray:
+        """log P(target[i] | context + target[:i]) for every target token, in one pass.
+
+        Built on llama.cpp's batch API with logits requested only at the positions that predict
+        a target token, so no (n_ctx x n_vocab) `logits_all` buffer is allocated."""
+        import llama_cpp
+
+        tokens = context + target
+        self._check_fits(tokens, 0)
+        llm = self.llm
+        llm._ctx.kv_cache_seq_rm(-1, 0, -1)
+        llm.n_tokens = 0  # the prefix cache of next_token_logits is gone now
+        first = len(context) - 1  # position whose logits predict target[0]
+        out = np.empty(len(target), dtype=np.float64)
+        n_vocab = llm.n_vocab()
+        for start in range(0, len(tokens), llm.n_batch):
+            chunk = tokens[start: start + llm.n_batch]
+            llm._batch.set_batch(batch=chunk, n_past=start, logits_all=False)
+            wanted = [i for i in range(len(chunk)) if first <= start + i < len(tokens) - 1]
+            flags = set(wanted)
+            for i in range(len(chunk)):
+                llm._batch.batch.logits[i] = i in flags
+            llm._ctx.decode(llm._batch)
+            for i in wanted:
+                ptr = llama_cpp.llama_get_logits_ith(llm._ctx.ctx, i)
+                row = np.ctypeslib.as_array(ctypes.cast(ptr, ctypes.POINTER(ctypes.c_float)), shape=(n_vocab,))
+                row = row.astype(np.float64)
+                m = row.max()
+                pos = start + i
+                out[pos - first] = row[tokens[pos + 1]] - m - math.log(np.exp(row - m).sum())
+        llm._ctx.kv_cache_seq_rm(-1, 0, -1)
+        return out
 
     def _check_fits(self, tokens: list[int], new: int) -> None:
         if len(tokens) + new > self.n_ctx:

@@ -3,7 +3,7 @@
     seed -> corpus -> backward (M_yx) -> augment -> round_00/train (M0 on seed)
     for r in 1..rounds: round_r/score (by M_{r-1}) -> round_r/select (score >= k)
                         -> round_r/train (M_r on seed + A_r)
-    -> export
+    -> evaluate (base, M0..Mn on the held-out seed pairs) -> export -> report
 
 Each stage's fingerprint hashes its settings and its inputs' fingerprints, so a changed setting
 re-runs that stage and what depends on it, and nothing else. Stages hand off through files only.
@@ -11,6 +11,7 @@ re-runs that stage and what depends on it, and nothing else. Stages hand off thr
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -19,7 +20,7 @@ from .augment import augment
 from .models import fetch, get_card, runtime_gguf
 from .recipe import Recipe, dump_recipe
 from .seed import load_seed, seed_digest
-from .store import Run, file_digest, fingerprint, read_jsonl, write_jsonl, write_text
+from .store import Run, file_digest, fingerprint, read_jsonl, write_json, write_jsonl, write_text
 
 STAGE_VERSION = 2  # bump when a stage's output format or algorithm changes
 
@@ -208,11 +209,55 @@ class Loop:
 
         self.run_dir.stage(stage, fp, work)
 
+    def contenders(self) -> list:
+        from .evaluate import Contender
+
+        return [Contender("base", None)] + [
+            Contender(f"M{k}", self.run_dir.dir(f"{round_dir(k)}/train") / "adapter.gguf")
+            for k in range(self.recipe.rounds + 1)]
+
+    def _judge_engine(self):
+        from .engine import Engine
+
+        judge, e = self.recipe.evaluate.judge, self.recipe.engine
+        if judge == "final":
+            return self._engine(self.contenders()[-1].adapter)
+        if judge == "base":
+            return self._engine(None)
+        return Engine(runtime_gguf(fetch(get_card(judge)), e.runtime_type), n_ctx=e.n_ctx, n_threads=e.n_threads,
+                      n_batch=e.n_batch, n_gpu_layers=e.n_gpu_layers, seed=self.recipe.seed)
+
+    def stage_evaluate(self) -> None:
+        from . import evaluate
+
+        r = self.recipe
+        trains = [self.fp[f"{round_dir(k)}/train"] for k in range(r.rounds + 1)]
+        fp = self.fp["evaluate"] = fingerprint("evaluate", STAGE_VERSION, self.fp["seed"], trains, self.model_id(),
+                                               r.evaluate.__dict__, r.engine.runtime_type, r.tags, r.seed)
+
+        def work(d: Path) -> dict:
+            held = read_jsonl(self.run_dir.dir("seed") / "heldout.jsonl")[: r.evaluate.limit]
+            if not held:
+                return {"heldout": 0, "skipped": "no held-out seed pairs (data.heldout=0)"}
+            contenders = self.contenders()
+            judge_name = {"final": f"final model (M{r.rounds})", "base": "base model"}.get(r.evaluate.judge, r.evaluate.judge)
+            with ui.progress("evaluate", evaluate.work_units(len(contenders), len(held))) as advance:
+                result = evaluate.evaluate_models(self._engine, contenders, held, d, self._judge_engine,
+                                                  judge_name, r.evaluate.max_new_tokens, r.tags, r.seed,
+                                                  on_item=advance)
+            write_json(d / "metrics.json", result)
+            return {"heldout": result["heldout"], "judge": result["judge"],
+                    "nll": {m: v["nll"] for m, v in result["models"].items()},
+                    "win_vs_base": {m: v["vs_base"]["win_rate"] for m, v in result["models"].items() if "vs_base" in v}}
+
+        self.run_dir.stage("evaluate", fp, work)
+
     def stage_export(self) -> None:
-        from .export import export
+        from .export import EXPORT_VERSION, export
 
         last = f"{round_dir(self.recipe.rounds)}/train"
-        fp = self.fp["export"] = fingerprint("export", STAGE_VERSION, self.fp[last], __version__)
+        fp = self.fp["export"] = fingerprint("export", STAGE_VERSION, EXPORT_VERSION, self.fp[last],
+                                             self.fp.get("evaluate"), self.recipe.export.__dict__, __version__)
         self.run_dir.stage("export", fp, lambda d: export(self.run_dir, self.recipe, self.card, self.gguf, d))
 
     def model_id(self) -> str:
@@ -220,8 +265,8 @@ class Loop:
 
     # ------------------------------------------------------------------ the whole loop
 
-    def run(self) -> Run:
-        write_text(self.run_dir.root / "recipe.yaml", dump_recipe(self.recipe))
+    def _through_rounds(self) -> None:
+        """Every stage up to the last round's model (each a no-op when already done)."""
         self.gguf = fetch(self.card)
         self.run_dir.set_meta("model", {"name": self.card.name, "gguf": str(self.gguf)})
         self.stage_seed()
@@ -233,9 +278,38 @@ class Loop:
             self.stage_score(rnd)
             self.stage_select(rnd)
             self.stage_train(rnd)
+
+    def evaluate(self) -> dict:
+        """Resume the run if needed, then (re)run the evaluate stage; returns its metrics."""
+        from .report import write_report
+
+        self._through_rounds()
+        self.stage_evaluate()
+        self.stage_export()  # the model card carries the evaluation table
+        write_report(self.run_dir.root)
+        return json.loads((self.run_dir.dir("evaluate") / "metrics.json").read_text())
+
+    def run(self) -> Run:
+        write_text(self.run_dir.root / "recipe.yaml", dump_recipe(self.recipe))
+        self._through_rounds()
+        if self.recipe.evaluate.enabled:
+            self.stage_evaluate()
         self.stage_export()
+        from .report import write_report
+
+        write_report(self.run_dir.root)
         return self.run_dir
 
 
 def run(recipe: Recipe, out_dir: str | Path) -> Run:
     return Loop(recipe, out_dir).run()
+
+
+def load_run(run_dir: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Loop:
+    """The Loop of an existing run folder, from the recipe it saved (plus `key=value` overrides)."""
+    from .recipe import RecipeError, load_recipe
+
+    path = Path(run_dir) / "recipe.yaml"
+    if not path.exists():
+        raise RecipeError(f"{run_dir}: not a run folder (no recipe.yaml); start one with `humpback run RECIPE`")
+    return Loop(load_recipe(path, overrides), run_dir)

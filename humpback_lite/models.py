@@ -51,7 +51,12 @@ class ModelCard:
     gguf: dict[str, Any] = field(default_factory=dict)
     weights: dict[str, Any] = field(default_factory=dict)
     chat_template: str = "gguf"
+    base_model: str = ""  # Hugging Face id of the original model, for model cards
     source: str = ""
+
+    @property
+    def hf_id(self) -> str:
+        return self.base_model or self.weights.get("hf_repo", "")
 
     @property
     def cache(self) -> Path:

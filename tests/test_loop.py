@@ -16,7 +16,7 @@ from humpback_lite.engine import Engine
 from humpback_lite.store import read_jsonl
 
 STAGES = ["seed", "corpus", "backward", "augment", "round_00/train", "round_01/score", "round_01/select",
-          "round_01/train", "round_02/score", "round_02/select", "round_02/train", "export"]
+          "round_01/train", "round_02/score", "round_02/select", "round_02/train", "evaluate", "export"]
 
 
 def _finished(run_dir):
@@ -38,7 +38,7 @@ def test_run_writes_every_stage_and_the_export_folder(tiny_run, model_gguf):
     assert all(s["status"] == "done" for s in manifest["stages"].values())
     export = tiny_run / "export"
     for name in ["adapter/adapter_config.json", "adapter/adapter_model.safetensors", "adapter.gguf",
-                 "dataset.jsonl", "README.md", "Modelfile"]:
+                 "dataset.jsonl", "README.md", "Modelfile", "model.gguf"]:
         assert (export / name).is_file(), name
     rows = read_jsonl(export / "dataset.jsonl")
     assert {r["source"] for r in rows} == {"seed", "augmented"}
@@ -46,7 +46,7 @@ def test_run_writes_every_stage_and_the_export_folder(tiny_run, model_gguf):
     for r in rows:
         assert set(r) >= {"instruction", "output", "source", "score", "round"}
         assert (r["score"] is None) == (r["source"] == "seed")
-    assert "ADAPTER ./adapter.gguf" in (export / "Modelfile").read_text()
+    assert "FROM ./model.gguf" in (export / "Modelfile").read_text()
     card = (export / "README.md").read_text()
     assert "peft" in card.lower() and "--lora adapter.gguf" in card and "ollama create" in card
     # the exported GGUF LoRA loads in llama.cpp and answers
@@ -176,3 +176,88 @@ def test_stage_commands_chain_on_plain_files(tiny_run, tmp_path):
                             "max_steps=1", "batch_size=1", "max_length=96", "lora_r=2"])
     assert res.exit_code == 0, res.output
     assert (adapter / "adapter_model.safetensors").is_file() and (adapter / "adapter.gguf").is_file()
+
+
+def test_evaluate_stage_scores_base_and_every_round(tiny_run):
+    metrics = json.loads((tiny_run / "evaluate" / "metrics.json").read_text())
+    assert metrics["heldout"] == 3 and metrics["judge"] == "final model (M2)"
+    assert list(metrics["models"]) == ["base", "M0", "M1", "M2"]
+    for name, m in metrics["models"].items():
+        assert m["nll"] > 0 and m["ppl"] > 1
+        if name != "base":
+            v = m["vs_base"]
+            assert v["n"] == 3 and v["win"] + v["tie"] + v["loss"] == 3
+            assert v["win_rate"] == (v["win"] + 0.5 * v["tie"]) / 3
+    assert set(metrics["models"]["M2"]) >= {"vs_base", "vs_M0"}
+    judgments = read_jsonl(tiny_run / "evaluate" / "judgments.jsonl")
+    assert len(judgments) == (3 + 2) * 3  # M0..M2 vs base, M1..M2 vs M0
+    assert all(0 <= j["p_a_first"] <= 1 and 0 <= j["p_a_second"] <= 1 for j in judgments)
+    assert len(read_jsonl(tiny_run / "evaluate" / "answers.jsonl")) == 4 * 3
+
+
+def test_report_is_one_self_contained_page_with_the_figures(tiny_run):
+    page = (tiny_run / "report" / "index.html").read_text()
+    assert page.count("<svg") == 4  # funnel, score histograms, metrics by model, lengths
+    for needle in ("Did it help?", "win vs base", "Examples, round 1", "Examples, round 2", "borderline",
+                   "rejected", "Timings", "Recipe", "max_segments", "Most frequent instruction openings"):
+        assert needle in page, needle
+    assert "pydoc" in page  # provenance of the example pairs
+    # nothing fetched from elsewhere: no scripts, stylesheets, images or links to other hosts
+    assert "<script" not in page and "<link" not in page and "<img" not in page
+    assert 'src="http' not in page and 'href="http' not in page and "url(http" not in page
+
+
+def test_report_command_rebuilds_the_page_and_prints_a_summary(tiny_run):
+    (tiny_run / "report" / "index.html").unlink()
+    result = CliRunner().invoke(main, ["report", str(tiny_run)])
+    assert result.exit_code == 0, result.output
+    assert (tiny_run / "report" / "index.html").is_file()
+    assert "NLL/token" in result.output and "M2" in result.output
+
+
+def test_export_loads_in_peft_and_llama_cpp_and_its_card_has_hub_metadata(tiny_run, hf_weights):
+    import yaml
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    export = tiny_run / "export"
+    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(hf_weights), export / "adapter")
+    assert model.peft_config["default"].r == 4
+    e = Engine(export / "model.gguf", n_ctx=512)
+    assert isinstance(e.generate(e.format([{"role": "user", "content": "Hi"}]), max_tokens=4, seed=0), str)
+    e.close()
+    card = (export / "README.md").read_text()
+    meta = yaml.safe_load(card.split("---")[1])
+    assert meta["base_model"] == "HuggingFaceTB/SmolLM2-135M-Instruct"
+    assert meta["library_name"] == "peft" and "humpback" in meta["tags"]
+    assert "## Evaluation" in card and "| M2 |" in card
+
+
+def test_push_dry_run_lists_the_export_files(tiny_run):
+    result = CliRunner().invoke(main, ["push", str(tiny_run), "--repo", "someone/tiny", "--dry-run"])
+    assert result.exit_code == 0, result.output
+    for name in ("README.md", "adapter.gguf", "model.gguf", "dataset.jsonl", "adapter/adapter_config.json"):
+        assert name in result.output
+    assert "would upload" in result.output
+
+
+def test_push_without_network_fails_with_a_clear_error(tiny_run):
+    env = {**__import__("os").environ, "HF_HUB_OFFLINE": "1", "HF_TOKEN": "hf_dummy"}
+    out = subprocess.run([sys.executable, "-m", "humpback_lite", "push", str(tiny_run), "--repo", "someone/tiny"],
+                         capture_output=True, text=True, env=env, timeout=120)
+    assert out.returncode == 1
+    assert "cannot push to someone/tiny" in out.stdout and "Traceback" not in out.stderr
+
+
+def test_chat_answers_then_exits(tiny_run):
+    result = CliRunner().invoke(main, ["chat", str(tiny_run), "--max-tokens", "12"],
+                                input="What is a Python list?\n/exit\n")
+    assert result.exit_code == 0, result.output
+    assert "model.gguf" in result.output
+    reply = result.output.split("model>", 1)[1].split("you>")[0].strip()
+    assert reply
+
+
+def test_evaluate_refuses_a_folder_that_is_not_a_run(tmp_path):
+    result = CliRunner().invoke(main, ["evaluate", str(tmp_path)])
+    assert result.exit_code == 1 and "not a run folder" in result.output

@@ -1,0 +1,343 @@
+"""RUN/report/index.html: one self-contained page (inline SVG plots, inline CSS, no scripts, no
+network) showing what the loop did and whether it helped, plus a rich summary for the terminal.
+
+Everything is read from the run's files, so a report can be rebuilt at any time
+(`humpback report RUN`), also for a run that is still going or that skipped evaluation.
+"""
+
+from __future__ import annotations
+
+import html
+import io
+import json
+from pathlib import Path
+from typing import Any
+
+from .evaluate import data_stats
+from .store import Run, read_jsonl, write_text
+
+EXAMPLE_CHARS = 700
+
+
+# ----------------------------------------------------------------------------- gathering
+
+
+def _jsonl(path: Path) -> list[dict]:
+    return read_jsonl(path) if path.exists() else []
+
+
+def gather(root: str | Path) -> dict[str, Any]:
+    """Every figure the report shows, as plain data (also what tests check)."""
+    run = Run(root)
+    m = run.manifest
+    stages = m.get("stages", {})
+    rounds = sorted({int(k.split("/")[0][6:]) for k in stages if k.startswith("round_")})
+    curation = []
+    for r in rounds:
+        if r == 0:
+            continue
+        score = (stages.get(f"round_{r:02d}/score") or {}).get("counts") or {}
+        select = (stages.get(f"round_{r:02d}/select") or {}).get("counts") or {}
+        scored = _jsonl(run.dir(f"round_{r:02d}/score") / "scored.jsonl")
+        kept_ids = {p["id"] for p in _jsonl(run.dir(f"round_{r:02d}/select") / "curated.jsonl")}
+        curation.append({
+            "round": r, "judge": f"M{r - 1}", "candidates": select.get("candidates", len(scored)),
+            "kept": select.get("kept"), "cutoff": select.get("cutoff"), "auc": score.get("auc"),
+            "flip_rate": select.get("injection_flip_rate"),
+            "agreement": (score.get("agreement_with_prev_judge") or {}).get("spearman")
+            if isinstance(score.get("agreement_with_prev_judge"), dict) else score.get("agreement_with_prev_judge"),
+            "scores": [s["score"] for s in scored if s.get("score") is not None],
+            "examples": _examples(scored, kept_ids, select.get("cutoff")),
+        })
+    segments = _jsonl(run.dir("corpus") / "segments.jsonl")
+    pairs = _jsonl(run.dir("augment") / "pairs.jsonl")
+    metrics_path = run.dir("evaluate") / "metrics.json"
+    answers: dict[str, dict[str, str]] = {}
+    for a in _jsonl(run.dir("evaluate") / "answers.jsonl"):
+        answers.setdefault(a["id"], {})[a["model"]] = a["answer"]
+    heldout = {p["id"]: p for p in _jsonl(run.dir("seed") / "heldout.jsonl")}
+    corpus_counts = (stages.get("corpus") or {}).get("counts") or {}
+    recipe_path = Path(root) / "recipe.yaml"
+    return {
+        "name": Path(root).name,
+        "model": (m.get("model") or {}).get("name", "?"),
+        "funnel": corpus_counts.get("funnel", {}),
+        "pairs": len(pairs),
+        "curation": curation,
+        "evaluation": json.loads(metrics_path.read_text()) if metrics_path.exists() else None,
+        "answers": [{"instruction": heldout[i]["instruction"], "reference": heldout[i]["output"], **by_model}
+                    for i, by_model in list(answers.items())[:3] if i in heldout],
+        "data": data_stats(segments, pairs) if segments else None,
+        "lengths": {"segment characters": [len(s["text"]) for s in segments],
+                    "instruction characters": [len(p["instruction"]) for p in pairs]} if segments and pairs else {},
+        "timings": [(k, v.get("status"), v.get("seconds")) for k, v in stages.items()],
+        "recipe": recipe_path.read_text() if recipe_path.exists() else "",
+        "train": {k: ((v.get("counts") or {}).get("train_loss"), (v.get("counts") or {}).get("rows"))
+                  for k, v in stages.items() if k.endswith("/train") or k == "backward"},
+    }
+
+
+def _examples(scored: list[dict], kept_ids: set[str], cutoff: float | None, n: int = 2) -> dict[str, list[dict]]:
+    """Best, borderline (nearest the cutoff, kept and dropped) and rejected pairs of a round."""
+    rows = sorted((s for s in scored if s.get("score") is not None), key=lambda s: -s["score"])
+    if not rows:
+        return {}
+    kept = [s for s in rows if s["id"] in kept_ids]
+    dropped = [s for s in rows if s["id"] not in kept_ids]
+    border = (kept[-1:] if kept else []) + (dropped[:1] if dropped else [])
+    return {"best": rows[:n], "borderline": border, "rejected": dropped[-n:][::-1]}
+
+
+# ----------------------------------------------------------------------------- plots
+
+
+def _svg(fig) -> str:
+    buf = io.StringIO()
+    fig.savefig(buf, format="svg", bbox_inches="tight")
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+    text = buf.getvalue()
+    return text[text.find("<svg"):]  # drop the XML prolog and DOCTYPE: the SVG sits inline
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    plt.rcParams.update({"font.size": 9, "axes.spines.top": False, "axes.spines.right": False,
+                         "svg.fonttype": "none"})
+    return plt
+
+
+def plot_funnel(g: dict) -> str | None:
+    f = g["funnel"]
+    steps = [("segments found", f.get("candidates")), ("passed filters", f.get("kept")),
+             ("sampled", f.get("sampled") or None), ("instructions written", g["pairs"] or None)]
+    steps += [(f"kept, round {c['round']} (judge {c['judge']})", c["kept"]) for c in g["curation"]]
+    steps = [(k, v) for k, v in steps if v]
+    if not steps:
+        return None
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(7, 0.45 * len(steps) + 0.6))
+    labels = [k for k, _ in steps][::-1]
+    values = [v for _, v in steps][::-1]
+    bars = ax.barh(labels, values, color="#4c78a8")
+    ax.bar_label(bars, padding=3)
+    ax.set_xscale("log")  # thousands of segments, tens of kept pairs
+    ax.set_xlabel("items (log scale)")
+    ax.set_title("The loop as a funnel")
+    return _svg(fig)
+
+
+def plot_scores(g: dict) -> str | None:
+    rounds = [c for c in g["curation"] if c["scores"]]
+    if not rounds:
+        return None
+    plt = _plt()
+    fig, axes = plt.subplots(1, len(rounds), figsize=(3.4 * len(rounds) + 0.4, 2.6), sharey=True, squeeze=False)
+    lo = min(min(c["scores"]) for c in rounds)
+    hi = max(max(c["scores"]) for c in rounds)
+    for ax, c in zip(axes[0], rounds, strict=True):
+        ax.hist(c["scores"], bins=20, range=(lo, hi + 1e-9), color="#72b7b2")
+        if c["cutoff"] is not None:
+            ax.axvline(c["cutoff"], color="#e45756", linestyle="--", label=f"cutoff {c['cutoff']:.2f}")
+            ax.legend(frameon=False, fontsize=8)
+        ax.set_title(f"round {c['round']}: scored by {c['judge']}")
+        ax.set_xlabel("rubric score (1-5)")
+    axes[0][0].set_ylabel("pairs")
+    return _svg(fig)
+
+
+def plot_metrics(g: dict) -> str | None:
+    ev = g["evaluation"]
+    if not ev or not ev.get("models"):
+        return None
+    plt = _plt()
+    names = list(ev["models"])
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(8, 2.8))
+    nll = [ev["models"][n]["nll"] for n in names]
+    a1.plot(names, nll, marker="o", color="#4c78a8")
+    for x, y in zip(names, nll, strict=True):
+        a1.annotate(f"{y:.3f}", (x, y), textcoords="offset points", xytext=(0, 6), ha="center", fontsize=8)
+    a1.set_title("held-out NLL per answer token (lower is better)")
+    width = 0.38
+    xs = range(len(names))
+    for off, ref, color in ((-width / 2, "base", "#4c78a8"), (width / 2, "M0", "#f58518")):
+        vals = [(ev["models"][n].get(f"vs_{ref}") or {}).get("win_rate") for n in names]
+        a2.bar([x + off for x in xs], [v if v is not None else 0 for v in vals], width,
+               label=f"vs {ref}", color=color)
+    a2.axhline(0.5, color="grey", linewidth=0.8, linestyle=":")
+    a2.set_xticks(list(xs), names)
+    a2.set_ylim(0, 1)
+    a2.set_title(f"win rate, judged by {ev['judge']} (0.5 = even)")
+    a2.legend(frameon=False, fontsize=8)
+    return _svg(fig)
+
+
+def plot_lengths(g: dict) -> str | None:
+    if not g["lengths"]:
+        return None
+    plt = _plt()
+    fig, axes = plt.subplots(1, 2, figsize=(8, 2.4))
+    for ax, (title, xs) in zip(axes, g["lengths"].items(), strict=True):
+        ax.hist(xs, bins=20, color="#54a24b")
+        ax.set_title(title)
+        ax.set_xlabel("characters")
+    return _svg(fig)
+
+
+# ----------------------------------------------------------------------------- HTML
+
+CSS = """
+body{font:15px/1.5 system-ui,-apple-system,Segoe UI,Roboto,sans-serif;max-width:980px;margin:2em auto;padding:0 1em;color:#222}
+h1{font-size:1.6em;margin-bottom:.2em}h2{margin-top:1.8em;border-bottom:1px solid #ddd;padding-bottom:.2em}
+table{border-collapse:collapse;margin:.6em 0}td,th{border:1px solid #ddd;padding:.25em .6em;text-align:left;vertical-align:top}
+th{background:#f4f4f4}.num{text-align:right;font-variant-numeric:tabular-nums}.muted{color:#666}
+figure{margin:1em 0}figure svg{max-width:100%;height:auto}
+.pair{border:1px solid #ddd;border-radius:6px;padding:.6em .9em;margin:.6em 0;background:#fafafa}
+.pair .q{font-weight:600}.pair pre{white-space:pre-wrap;font:13px/1.4 ui-monospace,monospace;margin:.4em 0}
+.tag{display:inline-block;font-size:12px;border-radius:3px;padding:0 .4em;margin-right:.4em;background:#e8eef7}
+.keep{background:#dff0d8}.drop{background:#f8e0e0}pre.recipe{background:#f6f6f6;padding:.8em;overflow:auto}
+"""
+
+
+def _e(x: Any) -> str:
+    return html.escape(str(x))
+
+
+def _table(head: list[str], rows: list[list[Any]], num: set[int] = frozenset()) -> str:
+    out = ["<table><tr>" + "".join(f"<th>{_e(h)}</th>" for h in head) + "</tr>"]
+    for row in rows:
+        cells = "".join(f"<td class=\"{'num' if i in num else ''}\">{_e('-' if v is None else v)}</td>"
+                        for i, v in enumerate(row))
+        out.append(f"<tr>{cells}</tr>")
+    return "\n".join(out) + "</table>"
+
+
+def _fig(svg: str | None, caption: str) -> str:
+    if not svg:
+        return ""
+    return f"<figure>{svg}<figcaption class=\"muted\">{_e(caption)}</figcaption></figure>"
+
+
+def _pct(v: float | None) -> str | None:
+    return None if v is None else f"{v:.0%}"
+
+
+def _pair_html(p: dict, kept: bool) -> str:
+    answer = p["output"][:EXAMPLE_CHARS] + (" ..." if len(p["output"]) > EXAMPLE_CHARS else "")
+    status = "<span class=\"tag keep\">kept</span>" if kept else "<span class=\"tag drop\">dropped</span>"
+    return (f"<div class=\"pair\">{status}<span class=\"tag\">score {p['score']:.2f}</span>"
+            f"<span class=\"tag\">{_e(p.get('provenance') or 'unknown source')}</span>"
+            f"<div class=\"q\">{_e(p['instruction'] or '(empty instruction)')}</div><pre>{_e(answer)}</pre></div>")
+
+
+def render(g: dict) -> str:
+    ev = g["evaluation"]
+    parts = [f"<h1>Humpback run: {_e(g['name'])}</h1>",
+             f"<p class=\"muted\">base model {_e(g['model'])} &middot; made by humpback_lite</p>"]
+
+    parts.append("<h2>Did it help?</h2>")
+    if ev:
+        rows = []
+        for n, v in ev["models"].items():
+            b, z = v.get("vs_base") or {}, v.get("vs_M0") or {}
+            rows.append([n, v["nll"], v["ppl"], _pct(b.get("win_rate")),
+                         f"{b['win']}/{b['tie']}/{b['loss']}" if b else None, _pct(z.get("win_rate")),
+                         f"{z['win']}/{z['tie']}/{z['loss']}" if z else None])
+        parts.append(f"<p>{ev['heldout']} held-out seed pairs the models never trained on. NLL: mean negative "
+                     f"log-likelihood per token of the human answer. Win rate: answers compared by the judge "
+                     f"<b>{_e(ev['judge'])}</b> in both orders; a split verdict is a tie and counts half.</p>")
+        parts.append(_table(["model", "NLL/token", "perplexity", "win vs base", "w/t/l", "win vs M0", "w/t/l"],
+                            rows, num={1, 2, 3, 5}))
+        parts.append(_fig(plot_metrics(g), "Per model: held-out NLL and pairwise win rates."))
+        if g["answers"]:
+            last = list(ev["models"])[-1]
+            parts.append(f"<h3>Held-out instructions: base vs {_e(last)}</h3>")
+            for a in g["answers"]:
+                parts.append(f"<div class=\"pair\"><div class=\"q\">{_e(a['instruction'])}</div>"
+                             f"<span class=\"tag\">base</span><pre>{_e(a.get('base', ''))}</pre>"
+                             f"<span class=\"tag keep\">{_e(last)}</span><pre>{_e(a.get(last, ''))}</pre>"
+                             f"<span class=\"tag\">human (seed)</span><pre>{_e(a['reference'][:EXAMPLE_CHARS])}</pre></div>")
+    else:
+        parts.append("<p class=\"muted\">No evaluation in this run (evaluate.enabled=false, or not reached yet): "
+                     "run <code>humpback evaluate RUN</code>.</p>")
+
+    parts.append("<h2>The loop</h2>")
+    parts.append(_fig(plot_funnel(g), "Corpus segments to curated pairs, per round."))
+    if g["curation"]:
+        parts.append(_table(
+            ["round", "judge", "candidates", "kept", "cutoff", "judge AUC", "injection flips", "agreement w/ previous judge"],
+            [[c["round"], c["judge"], c["candidates"], c["kept"], c["cutoff"], c["auc"], _pct(c["flip_rate"]),
+              c["agreement"]] for c in g["curation"]], num={2, 3, 4, 5}))
+        parts.append("<p class=\"muted\">Judge AUC: how often the judge scores a real pair above the same "
+                     "answer with a mismatched instruction (0.5 = chance). Injection flips: keep/drop verdicts "
+                     "changed by appending a rating request to the answer.</p>")
+    parts.append(_fig(plot_scores(g), "Rubric scores of the candidates in each round, with the selection cutoff."))
+    if g["train"]:
+        parts.append(_table(["model", "train loss", "rows"],
+                            [[k.replace("/train", ""), v[0], v[1]] for k, v in g["train"].items()], num={1, 2}))
+
+    for c in g["curation"]:
+        ex = c["examples"]
+        if not ex:
+            continue
+        parts.append(f"<h2>Examples, round {c['round']}</h2>")
+        for kind in ("best", "borderline", "rejected"):
+            if ex.get(kind):
+                parts.append(f"<h3>{kind}</h3>")
+                cut = c["cutoff"]
+                parts.extend(_pair_html(p, kind == "best" or (cut is not None and p["score"] >= cut and kind != "rejected"))
+                             for p in ex[kind])
+
+    d = g["data"]
+    if d:
+        parts.append("<h2>The data</h2>")
+        parts.append(_table(["", "n", "min", "median", "mean", "max"], [
+            ["segment characters", *(d["segment_chars"].get(k) for k in ("n", "min", "median", "mean", "max"))],
+            ["instruction characters", *(d["instruction_chars"].get(k) for k in ("n", "min", "median", "mean", "max"))],
+        ], num={1, 2, 3, 4, 5}))
+        parts.append(_fig(plot_lengths(g), "Length distributions."))
+        parts.append("<h3>Most frequent instruction openings</h3>")
+        parts.append(_table(["opening", "pairs"], [list(x) for x in d["openings"]], num={1}))
+        parts.append(f"<h3>Sources ({d['distinct_sources']} distinct)</h3>")
+        parts.append(_table(["source", "segments"], [list(x) for x in d["sources"]], num={1}))
+
+    parts.append("<h2>Timings</h2>")
+    parts.append(_table(["stage", "status", "seconds"], [list(t) for t in g["timings"]], num={2}))
+    parts.append("<h2>Recipe</h2>")
+    parts.append(f"<pre class=\"recipe\">{_e(g['recipe'])}</pre>")
+    body = "\n".join(p for p in parts if p)
+    return (f"<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+            f"<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">"
+            f"<title>humpback report: {_e(g['name'])}</title><style>{CSS}</style></head>"
+            f"<body>\n{body}\n</body></html>\n")
+
+
+def write_report(root: str | Path) -> Path:
+    """Build RUN/report/index.html from the run's files; returns its path."""
+    out = Path(root) / "report" / "index.html"
+    write_text(out, render(gather(root)))
+    return out
+
+
+def summary_table(root: str | Path):
+    """A rich table of the per-model metrics and per-round curation, for the terminal."""
+    from rich.table import Table
+
+    g = gather(root)
+    t = Table(title=f"humpback report: {g['name']}")
+    for col in ("model", "NLL/token", "win vs base", "win vs M0", "trained on (seed+curated)", "kept / candidates"):
+        t.add_column(col)
+    ev = (g["evaluation"] or {}).get("models", {})
+    kept = {f"M{c['round']}": f"{c['kept']} / {c['candidates']}" for c in g["curation"]}
+    names = list(ev) or ["base"] + [f"M{k}" for k in range(len(g["curation"]) + 1)]
+    for n in names:
+        v = ev.get(n, {})
+        rows = g["train"].get(f"round_{int(n[1:]):02d}/train", (None, None))[1] if n != "base" else None
+        t.add_row(n, str(v.get("nll", "-")), _pct((v.get("vs_base") or {}).get("win_rate")) or "-",
+                  _pct((v.get("vs_M0") or {}).get("win_rate")) or "-", str(rows or "-"), kept.get(n, "-"))
+    return t

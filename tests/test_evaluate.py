@@ -1,0 +1,111 @@
+"""Evaluation metrics on cases whose answer is known, with the real model and real training."""
+
+import random
+
+import numpy as np
+import pytest
+
+from humpback_lite import evaluate
+from humpback_lite.engine import Engine
+from humpback_lite.evaluate import Judge, answer_nll, mean_nll, win_rate
+
+WORDS = ("apple river stone cloud piano tiger lemon candle forest rocket silver garden window "
+         "marble pepper harbor violet castle shadow meadow copper falcon").split()
+
+
+def copy_pairs(n: int, seed: int) -> list[dict]:
+    rng = random.Random(seed)
+    out = []
+    for i in range(n):
+        text = " ".join(rng.choice(WORDS) for _ in range(12))
+        out.append({"id": f"c{seed}-{i}", "instruction": f"Repeat exactly: {text}", "output": text})
+    return out
+
+
+@pytest.fixture(scope="module")
+def copy_adapter(model_gguf, hf_weights, tmp_path_factory):
+    """A LoRA trained for a few real steps to copy the instruction's text."""
+    from humpback_lite import prompts
+    from humpback_lite.adapters import peft_to_gguf
+    from humpback_lite.recipe import TrainConfig
+    from humpback_lite.train import train_lora
+
+    out = tmp_path_factory.mktemp("copy") / "adapter"
+    rows = [prompts.forward_row(p) for p in copy_pairs(16, seed=1)]
+    cfg = TrainConfig(quantize="none", lora_r=8, lora_alpha=16, learning_rate=2e-3, max_steps=12,
+                      batch_size=4, max_length=96)
+    train_lora(rows, out, hf_weights, cfg, seed=0)
+    peft_to_gguf(out, model_gguf, out / "adapter.gguf")
+    return out / "adapter.gguf"
+
+
+def test_token_logprobs_match_next_token_logits_one_by_one(engine):
+    context = engine.tokenize(engine.format([{"role": "user", "content": "Name a colour."}]))
+    target = engine.tokenize("Blue is a colour.")
+    lp = engine.token_logprobs(context, target)
+    for i, tok in enumerate(target):
+        logits = engine.next_token_logits(context + target[:i]).astype(np.float64)
+        expect = logits[tok] - logits.max() - np.log(np.exp(logits - logits.max()).sum())
+        assert lp[i] == pytest.approx(expect, abs=1e-3)
+
+
+def test_token_logprobs_span_several_llama_batches(model_gguf):
+    e = Engine(model_gguf, n_ctx=512, n_batch=16)
+    try:
+        context = e.tokenize("The numbers from one to ten are")
+        target = e.tokenize(" one, two, three, four, five, six, seven, eight, nine, ten.")
+        small = e.token_logprobs(context, target)
+    finally:
+        e.close()
+    big = Engine(model_gguf, n_ctx=512)
+    try:
+        full = big.token_logprobs(context, target)
+    finally:
+        big.close()
+    assert len(context) + len(target) > 16
+    np.testing.assert_allclose(small, full, atol=2e-2)
+
+
+def test_copy_adapter_lowers_nll_on_held_out_copying(model_gguf, copy_adapter):
+    held = copy_pairs(6, seed=2)
+    base = Engine(model_gguf, n_ctx=512)
+    tuned = Engine(model_gguf, adapter=copy_adapter, n_ctx=512)
+    try:
+        nll_base = mean_nll(answer_nll(base, held))
+        nll_tuned = mean_nll(answer_nll(tuned, held))
+    finally:
+        base.close()
+        tuned.close()
+    assert nll_tuned < 0.7 * nll_base, (nll_base, nll_tuned)
+
+
+def test_judge_given_identical_answers_gives_fifty_percent(engine):
+    judge = Judge(engine)
+    answer = "A list is an ordered, mutable collection of items, written in square brackets: [1, 2, 3]."
+    outcomes = [judge.compare(q, answer, answer)["outcome"] for q in ("What is a list?", "Explain lists in Python.")]
+    assert outcomes == ["tie", "tie"]
+    assert win_rate(outcomes)["win_rate"] == 0.5
+
+
+def test_judge_verdict_is_read_in_both_orders(engine):
+    judge = Judge(engine)
+    v = judge.compare("What is 2 + 2?", "2 + 2 = 4.", "I like turtles and the colour of the sea.")
+    assert 0.0 <= v["p_a_first"] <= 1.0 and 0.0 <= v["p_a_second"] <= 1.0
+    expected = ("win" if min(v["p_a_first"], v["p_a_second"]) > 0.5
+                else "loss" if max(v["p_a_first"], v["p_a_second"]) < 0.5 else "tie")
+    assert v["outcome"] == expected
+
+
+def test_win_rate_counts_ties_as_half():
+    assert win_rate(["win", "tie", "loss", "win"]) == {"n": 4, "win": 2, "tie": 1, "loss": 1, "win_rate": 0.625}
+
+
+def test_data_stats_counts_openings_and_sources():
+    segs = [{"text": "x" * 10, "source": "a.html#h"}, {"text": "y" * 30, "source": "a.html#i"},
+            {"text": "z" * 20, "source": "b.txt"}]
+    pairs = [{"instruction": "How do I sort a list?"}, {"instruction": "how do I copy?"},
+             {"instruction": "What is X?"}]
+    s = evaluate.data_stats(segs, pairs)
+    assert s["segment_chars"]["median"] == 20
+    assert s["openings"][0] == ("how do", 2)
+    assert dict(s["sources"]) == {"a.html": 2, "b.txt": 1}
