@@ -246,7 +246,7 @@ def test_push_without_network_fails_with_a_clear_error(tiny_run):
     out = subprocess.run([sys.executable, "-m", "humpback_lite", "push", str(tiny_run), "--repo", "someone/tiny"],
                          capture_output=True, text=True, env=env, timeout=120)
     assert out.returncode == 1
-    assert "cannot push to someone/tiny" in out.stdout and "Traceback" not in out.stderr
+    assert "cannot push to someone/tiny" in out.stdout + out.stderr and "Traceback" not in out.stderr
 
 
 def test_chat_answers_then_exits(tiny_run):
