@@ -245,6 +245,10 @@ class Loop:
                 result = evaluate.evaluate_models(self._engine, contenders, held, d, self._judge_engine,
                                                   judge_name, r.evaluate.max_new_tokens, r.tags, r.seed,
                                                   on_item=advance)
+            result["curation"] = [{k: v for k, v in c.items() if k != "scores"}
+                                  for c in evaluate.curation_figures(self.run_dir)]
+            result["data"] = evaluate.data_stats(read_jsonl(self.run_dir.dir("corpus") / "segments.jsonl"),
+                                                 read_jsonl(self.run_dir.dir("augment") / "pairs.jsonl"))
             write_json(d / "metrics.json", result)
             return {"heldout": result["heldout"], "judge": result["judge"],
                     "nll": {m: v["nll"] for m, v in result["models"].items()},

@@ -13,7 +13,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from .evaluate import data_stats
+from .evaluate import curation_figures, data_stats
 from .store import Run, read_jsonl, write_text
 
 EXAMPLE_CHARS = 700
@@ -31,24 +31,11 @@ def gather(root: str | Path) -> dict[str, Any]:
     run = Run(root)
     m = run.manifest
     stages = m.get("stages", {})
-    rounds = sorted({int(k.split("/")[0][6:]) for k in stages if k.startswith("round_")})
-    curation = []
-    for r in rounds:
-        if r == 0:
-            continue
-        score = (stages.get(f"round_{r:02d}/score") or {}).get("counts") or {}
-        select = (stages.get(f"round_{r:02d}/select") or {}).get("counts") or {}
-        scored = _jsonl(run.dir(f"round_{r:02d}/score") / "scored.jsonl")
-        kept_ids = {p["id"] for p in _jsonl(run.dir(f"round_{r:02d}/select") / "curated.jsonl")}
-        curation.append({
-            "round": r, "judge": f"M{r - 1}", "candidates": select.get("candidates", len(scored)),
-            "kept": select.get("kept"), "cutoff": select.get("cutoff"), "auc": score.get("auc"),
-            "flip_rate": select.get("injection_flip_rate"),
-            "agreement": (score.get("agreement_with_prev_judge") or {}).get("spearman")
-            if isinstance(score.get("agreement_with_prev_judge"), dict) else score.get("agreement_with_prev_judge"),
-            "scores": [s["score"] for s in scored if s.get("score") is not None],
-            "examples": _examples(scored, kept_ids, select.get("cutoff")),
-        })
+    curation = curation_figures(run)
+    for c in curation:
+        scored = _jsonl(run.dir(f"round_{c['round']:02d}/score") / "scored.jsonl")
+        kept_ids = {p["id"] for p in _jsonl(run.dir(f"round_{c['round']:02d}/select") / "curated.jsonl")}
+        c["examples"] = _examples(scored, kept_ids)
     segments = _jsonl(run.dir("corpus") / "segments.jsonl")
     pairs = _jsonl(run.dir("augment") / "pairs.jsonl")
     metrics_path = run.dir("evaluate") / "metrics.json"
@@ -77,7 +64,7 @@ def gather(root: str | Path) -> dict[str, Any]:
     }
 
 
-def _examples(scored: list[dict], kept_ids: set[str], cutoff: float | None, n: int = 2) -> dict[str, list[dict]]:
+def _examples(scored: list[dict], kept_ids: set[str], n: int = 2) -> dict[str, list[dict]]:
     """Best, borderline (nearest the cutoff, kept and dropped) and rejected pairs of a round."""
     rows = sorted((s for s in scored if s.get("score") is not None), key=lambda s: -s["score"])
     if not rows:
@@ -281,18 +268,6 @@ def render(g: dict) -> str:
         parts.append(_table(["model", "train loss", "rows"],
                             [[k.replace("/train", ""), v[0], v[1]] for k, v in g["train"].items()], num={1, 2}))
 
-    for c in g["curation"]:
-        ex = c["examples"]
-        if not ex:
-            continue
-        parts.append(f"<h2>Examples, round {c['round']}</h2>")
-        for kind in ("best", "borderline", "rejected"):
-            if ex.get(kind):
-                parts.append(f"<h3>{kind}</h3>")
-                cut = c["cutoff"]
-                parts.extend(_pair_html(p, kind == "best" or (cut is not None and p["score"] >= cut and kind != "rejected"))
-                             for p in ex[kind])
-
     d = g["data"]
     if d:
         parts.append("<h2>The data</h2>")
@@ -305,6 +280,18 @@ def render(g: dict) -> str:
         parts.append(_table(["opening", "pairs"], [list(x) for x in d["openings"]], num={1}))
         parts.append(f"<h3>Sources ({d['distinct_sources']} distinct)</h3>")
         parts.append(_table(["source", "segments"], [list(x) for x in d["sources"]], num={1}))
+
+    for c in g["curation"]:
+        ex = c["examples"]
+        if not ex:
+            continue
+        parts.append(f"<h2>Examples, round {c['round']}</h2>")
+        for kind in ("best", "borderline", "rejected"):
+            if ex.get(kind):
+                parts.append(f"<h3>{kind}</h3>")
+                cut = c["cutoff"]
+                parts.extend(_pair_html(p, kind == "best" or (cut is not None and p["score"] >= cut and kind != "rejected"))
+                             for p in ex[kind])
 
     parts.append("<h2>Timings</h2>")
     parts.append(_table(["stage", "status", "seconds"], [list(t) for t in g["timings"]], num={2}))

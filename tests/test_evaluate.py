@@ -109,3 +109,27 @@ def test_data_stats_counts_openings_and_sources():
     assert s["segment_chars"]["median"] == 20
     assert s["openings"][0] == ("how do", 2)
     assert dict(s["sources"]) == {"a.html": 2, "b.txt": 1}
+
+
+def test_evaluation_resumes_after_the_last_complete_record(model_gguf, tmp_path):
+    from humpback_lite.evaluate import Contender, evaluate_models
+    from humpback_lite.seed import load_seed
+
+    _, held = load_seed("builtin:seed", 2)
+    opened = []
+
+    def make_engine(adapter=None):
+        opened.append(adapter)
+        return Engine(model_gguf, adapter=adapter, n_ctx=1024)
+
+    args = dict(contenders=[Contender("base", None), Contender("M0", None)], heldout=held, out_dir=tmp_path,
+                judge_engine=make_engine, judge_name="base model", max_new_tokens=8)
+    first = evaluate_models(make_engine, **args)
+    assert first["models"]["M0"]["vs_base"]["n"] == 2
+    judgments = (tmp_path / "judgments.jsonl").read_text().splitlines(keepends=True)
+    (tmp_path / "judgments.jsonl").write_text(judgments[0] + judgments[1][:20])  # killed mid-write
+    opened.clear()
+    second = evaluate_models(make_engine, **args)
+    assert second == first
+    assert len(opened) == 1  # only the judge was needed again: NLL and answers were complete
+    assert (tmp_path / "judgments.jsonl").read_text().splitlines(keepends=True) == judgments

@@ -261,3 +261,25 @@ def test_chat_answers_then_exits(tiny_run):
 def test_evaluate_refuses_a_folder_that_is_not_a_run(tmp_path):
     result = CliRunner().invoke(main, ["evaluate", str(tmp_path)])
     assert result.exit_code == 1 and "not a run folder" in result.output
+
+
+def test_evaluate_command_with_another_judge_reruns_only_evaluation_and_export(tiny_run):
+    before = _finished(tiny_run)
+    result = CliRunner().invoke(main, ["evaluate", str(tiny_run), "--judge", "base"])
+    assert result.exit_code == 0, result.output
+    after = _finished(tiny_run)
+    assert {k for k in STAGES if after[k] != before[k]} == {"evaluate", "export"}
+    metrics = json.loads((tiny_run / "evaluate" / "metrics.json").read_text())
+    assert metrics["judge"] == "base model"
+    assert "judge: `base model`" in (tiny_run / "export" / "README.md").read_text()
+
+
+@pytest.mark.skipif(shutil.which("chromium") is None, reason="needs Debian's chromium (apt install chromium)")
+def test_report_renders_offline_in_headless_chromium(tiny_run, tmp_path):
+    out = subprocess.run(
+        ["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+         "--disable-component-update", "--disable-sync", "--no-first-run", f"--user-data-dir={tmp_path}",
+         "--dump-dom", (tiny_run / "report" / "index.html").as_uri()],
+        capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.count("<svg") == 4 and "Did it help?" in out.stdout
