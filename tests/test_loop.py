@@ -283,3 +283,14 @@ def test_report_renders_offline_in_headless_chromium(tiny_run, tmp_path):
         capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.count("<svg") == 4 and "Did it help?" in out.stdout
+
+
+def test_report_of_a_run_without_evaluation_says_how_to_get_it(tiny_run, tmp_path):
+    from humpback_lite.report import write_report
+
+    copy = tmp_path / "noeval"
+    shutil.copytree(tiny_run, copy)
+    shutil.rmtree(copy / "evaluate")
+    page = write_report(copy).read_text()
+    assert "No evaluation in this run" in page and "humpback evaluate RUN" in page
+    assert page.count("<svg") == 3  # funnel, score histograms, lengths
