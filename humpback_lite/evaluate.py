@@ -180,11 +180,16 @@ def evaluate_models(
                  "ppl": round(math.exp(nll), 3) if nll is not None else None,
                  "answer_chars": round(statistics.mean(len(answers[(n, i)]) for i in by_id), 1) if by_id else None}
         for ref in ("base", "M0"):
-            outs = [r["outcome"] for r in judgments if r["a"] == n and r["b"] == ref]
-            if outs:
-                entry[f"vs_{ref}"] = win_rate(outs)
+            rows = [r for r in judgments if r["a"] == n and r["b"] == ref]
+            if rows:
+                entry[f"vs_{ref}"] = win_rate([r["outcome"] for r in rows])
+                # the judge's preference averaged over both orders: finer than win/tie/loss
+                entry[f"vs_{ref}"]["p_mean"] = round(statistics.mean((r["p_a_first"] + r["p_a_second"]) / 2 for r in rows), 4)
         models[n] = entry
-    return {"heldout": len(heldout), "judge": judge_name, "models": models}
+    # P(the judge prefers whichever answer it read first): 0.5 = no position bias
+    first = [r["p_a_first"] for r in judgments] + [1 - r["p_a_second"] for r in judgments]
+    bias = round(statistics.mean(first), 4) if first else None
+    return {"heldout": len(heldout), "judge": judge_name, "position_bias": bias, "models": models}
 
 
 def work_units(n_models: int, n_heldout: int) -> int:

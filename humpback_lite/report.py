@@ -237,7 +237,9 @@ def render(g: dict) -> str:
                          f"{z['win']}/{z['tie']}/{z['loss']}" if z else None])
         parts.append(f"<p>{ev['heldout']} held-out seed pairs the models never trained on. NLL: mean negative "
                      f"log-likelihood per token of the human answer. Win rate: answers compared by the judge "
-                     f"<b>{_e(ev['judge'])}</b> in both orders; a split verdict is a tie and counts half.</p>")
+                     f"<b>{_e(ev['judge'])}</b> in both orders; a split verdict is a tie and counts half. "
+                     f"This judge prefers the answer it reads first with probability "
+                     f"{ev.get('position_bias', '?')} (0.5 = no position bias).</p>")
         parts.append(_table(["model", "NLL/token", "perplexity", "win vs base", "w/t/l", "win vs M0", "w/t/l"],
                             rows, num={1, 2, 3, 5}))
         parts.append(_fig(plot_metrics(g), "Per model: held-out NLL and pairwise win rates."))

@@ -187,7 +187,9 @@ def test_evaluate_stage_scores_base_and_every_round(tiny_run):
         if name != "base":
             v = m["vs_base"]
             assert v["n"] == 3 and v["win"] + v["tie"] + v["loss"] == 3
-            assert v["win_rate"] == (v["win"] + 0.5 * v["tie"]) / 3
+            assert v["win_rate"] == round((v["win"] + 0.5 * v["tie"]) / 3, 4) and 0 <= v["p_mean"] <= 1
+    assert 0 <= metrics["position_bias"] <= 1
+    assert [c["round"] for c in metrics["curation"]] == [1, 2] and metrics["data"]["segments"] == 6
     assert set(metrics["models"]["M2"]) >= {"vs_base", "vs_M0"}
     judgments = read_jsonl(tiny_run / "evaluate" / "judgments.jsonl")
     assert len(judgments) == (3 + 2) * 3  # M0..M2 vs base, M1..M2 vs M0
