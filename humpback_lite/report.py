@@ -114,6 +114,11 @@ def plot_funnel(g: dict) -> str | None:
     bars = ax.barh(labels, values, color="#4c78a8")
     ax.bar_label(bars, padding=3)
     ax.set_xscale("log")  # thousands of segments, tens of kept pairs
+    from matplotlib.ticker import FuncFormatter, NullFormatter
+
+    ax.set_xlim(left=1, right=max(values) * 3)
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: f"{x:,.0f}"))
+    ax.xaxis.set_minor_formatter(NullFormatter())
     ax.set_xlabel("items (log scale)")
     ax.set_title("The loop as a funnel")
     return _svg(fig)
@@ -144,12 +149,12 @@ def plot_metrics(g: dict) -> str | None:
         return None
     plt = _plt()
     names = list(ev["models"])
-    fig, (a1, a2) = plt.subplots(1, 2, figsize=(8, 2.8))
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(9, 3), gridspec_kw={"wspace": 0.3})
     nll = [ev["models"][n]["nll"] for n in names]
     a1.plot(names, nll, marker="o", color="#4c78a8")
     for x, y in zip(names, nll, strict=True):
         a1.annotate(f"{y:.3f}", (x, y), textcoords="offset points", xytext=(0, 6), ha="center", fontsize=8)
-    a1.set_title("held-out NLL per answer token (lower is better)")
+    a1.set_title("held-out NLL per answer token\n(lower is better)")
     width = 0.38
     xs = range(len(names))
     for off, ref, color in ((-width / 2, "base", "#4c78a8"), (width / 2, "M0", "#f58518")):
@@ -159,7 +164,7 @@ def plot_metrics(g: dict) -> str | None:
     a2.axhline(0.5, color="grey", linewidth=0.8, linestyle=":")
     a2.set_xticks(list(xs), names)
     a2.set_ylim(0, 1)
-    a2.set_title(f"win rate, judged by {ev['judge']} (0.5 = even)")
+    a2.set_title(f"win rate (0.5 = even)\njudge: {ev['judge']}")
     a2.legend(frameon=False, fontsize=8)
     return _svg(fig)
 
@@ -210,6 +215,11 @@ def _fig(svg: str | None, caption: str) -> str:
     return f"<figure>{svg}<figcaption class=\"muted\">{_e(caption)}</figcaption></figure>"
 
 
+def _model_name(stage: str) -> str:
+    """"round_01/train" -> "M1"; "backward" stays."""
+    return f"M{int(stage[6:8])}" if stage.startswith("round_") else stage + " (answer -> instruction)"
+
+
 def _pct(v: float | None) -> str | None:
     return None if v is None else f"{v:.0%}"
 
@@ -239,7 +249,7 @@ def render(g: dict) -> str:
                      f"log-likelihood per token of the human answer. Win rate: answers compared by the judge "
                      f"<b>{_e(ev['judge'])}</b> in both orders; a split verdict is a tie and counts half. "
                      f"This judge prefers the answer it reads first with probability "
-                     f"{ev.get('position_bias', '?')} (0.5 = no position bias).</p>")
+                     f"{_pct(ev.get('position_bias')) or '?'} (50 % = no position bias).</p>")
         parts.append(_table(["model", "NLL/token", "perplexity", "win vs base", "w/t/l", "win vs M0", "w/t/l"],
                             rows, num={1, 2, 3, 5}))
         parts.append(_fig(plot_metrics(g), "Per model: held-out NLL and pairwise win rates."))
@@ -268,7 +278,7 @@ def render(g: dict) -> str:
     parts.append(_fig(plot_scores(g), "Rubric scores of the candidates in each round, with the selection cutoff."))
     if g["train"]:
         parts.append(_table(["model", "train loss", "rows"],
-                            [[k.replace("/train", ""), v[0], v[1]] for k, v in g["train"].items()], num={1, 2}))
+                            [[_model_name(k), v[0], v[1]] for k, v in g["train"].items()], num={1, 2}))
 
     d = g["data"]
     if d:
