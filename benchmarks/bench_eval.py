@@ -1,0 +1,112 @@
+"""Evaluation and export, side by side with the plain alternative.
+
+    python benchmarks/bench_eval.py [--run runs/quickstart] [--repeats 3]
+
+1. Held-out NLL of the 30 held-out seed answers: ours (llama.cpp, logits only at answer positions)
+   vs a plain transformers bf16 forward pass with the prompt masked out. Prints pairs/s, the ratio,
+   and how far the two NLLs are apart (they read the same weights through different kernels).
+2. With --run (a finished run): the exported merged GGUF vs base + the run's GGUF LoRA applied at
+   run time: speed on the pairwise-judge load, and the agreement of their next-token logits.
+Medians over repeats.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+
+from humpback_lite import prompts
+from humpback_lite.engine import Engine
+from humpback_lite.evaluate import Judge, answer_nll, mean_nll
+from humpback_lite.models import fetch, get_card, runtime_gguf
+from humpback_lite.seed import load_seed
+from humpback_lite.train import prepare_weights
+
+
+def timed(fn, repeats: int) -> tuple[float, object]:
+    times, out = [], None
+    for _ in range(repeats):
+        t = time.perf_counter()
+        out = fn()
+        times.append(time.perf_counter() - t)
+    return statistics.median(times), out
+
+
+def bench_nll(held: list[dict], repeats: int) -> None:
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    card = get_card("smollm2-135m")
+    gguf = fetch(card)
+    engine = Engine(runtime_gguf(gguf, "bf16"), n_ctx=2048)
+    weights = prepare_weights(card, gguf)
+    model = AutoModelForCausalLM.from_pretrained(weights, dtype=torch.bfloat16).eval()
+
+    def hf_nll() -> float:
+        total, n = 0.0, 0
+        for p in held:
+            ctx = engine.tokenize(engine.format(prompts.forward_messages(p["instruction"])))
+            tgt = engine.tokenize(p["output"].strip())
+            ids = torch.tensor([ctx + tgt])
+            with torch.no_grad():
+                logits = model(ids).logits[0, len(ctx) - 1:-1].float()
+            lp = torch.log_softmax(logits, -1).gather(1, torch.tensor(tgt)[:, None])
+            total -= float(lp.sum())
+            n += len(tgt)
+        return total / n
+
+    t_ours, ours = timed(lambda: mean_nll(answer_nll(engine, held)), repeats)
+    t_hf, theirs = timed(hf_nll, repeats)
+    n = len(held)
+    print(f"held-out NLL  llama.cpp BF16 {n / t_ours:6.2f} pairs/s | transformers bf16 {n / t_hf:6.2f} pairs/s | "
+          f"ratio {t_hf / t_ours:.2f}x | NLL {ours:.4f} vs {theirs:.4f}")
+    engine.close()
+
+
+def bench_merged(run: Path, held: list[dict], repeats: int) -> None:
+    base = Path(json.loads((run / "manifest.json").read_text())["model"]["gguf"])
+    export = run / "export"
+    lora = Engine(base, adapter=export / "adapter.gguf", n_ctx=2048)
+    merged = Engine(export / "model.gguf", n_ctx=2048)
+    plain = Engine(base, n_ctx=2048)
+    texts = [lora.format(prompts.forward_messages(p["instruction"])) for p in held[:10]]
+    corrs, same = [], 0
+    for t in texts:
+        toks = plain.tokenize(t)
+        b, a, m = plain.next_token_logits(toks), lora.next_token_logits(toks), merged.next_token_logits(toks)
+        corrs.append(float(np.corrcoef(m - b, a - b)[0, 1]))
+        same += int(a.argmax() == m.argmax())
+    print(f"merged vs base+LoRA logits: adapter-change correlation median {statistics.median(corrs):.3f} "
+          f"(min {min(corrs):.3f}), same top-1 token {same}/{len(texts)}")
+
+    def judge_load(e: Engine):
+        j = Judge(e)
+        return [j.p_first(p["instruction"], p["output"], held[-1 - i]["output"]) for i, p in enumerate(held[:10])]
+
+    t_lora, _ = timed(lambda: judge_load(lora), repeats)
+    t_merged, _ = timed(lambda: judge_load(merged), repeats)
+    print(f"judge load (10 pairwise prompts): base+LoRA {10 / t_lora:.2f}/s | merged {10 / t_merged:.2f}/s | "
+          f"ratio {t_lora / t_merged:.2f}x")
+    for e in (lora, merged, plain):
+        e.close()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--run", type=Path, help="A finished run folder (for the merged-GGUF comparison).")
+    ap.add_argument("--repeats", type=int, default=3)
+    args = ap.parse_args()
+    _, held = load_seed("builtin:seed", 30)
+    bench_nll(held, args.repeats)
+    if args.run:
+        bench_merged(args.run, held, args.repeats)
+    print(f"(medians of {args.repeats} runs)")
+
+
+if __name__ == "__main__":
+    main()
