@@ -217,13 +217,15 @@ class Engine:
             for i in range(len(chunk)):
                 llm._batch.batch.logits[i] = i in flags
             llm._ctx.decode(llm._batch)
-            for i in wanted:
-                ptr = llama_cpp.llama_get_logits_ith(llm._ctx.ctx, i)
-                row = np.ctypeslib.as_array(ctypes.cast(ptr, ctypes.POINTER(ctypes.c_float)), shape=(n_vocab,))
-                row = row.astype(np.float64)
-                m = row.max()
-                pos = start + i
-                out[pos - first] = row[tokens[pos + 1]] - m - math.log(np.exp(row - m).sum())
+            if not wanted:
+                continue
+            # llama_get_logits: the requested rows, in batch order, one contiguous block
+            ptr = llama_cpp.llama_get_logits(llm._ctx.ctx)
+            rows = np.ctypeslib.as_array(ctypes.cast(ptr, ctypes.POINTER(ctypes.c_float)), shape=(len(wanted), n_vocab))
+            nxt = np.array([tokens[start + i + 1] for i in wanted])
+            m = rows.max(axis=1)
+            logz = m + np.log(np.exp(rows - m[:, None]).sum(axis=1))
+            out[start + wanted[0] - first: start + wanted[-1] - first + 1] = rows[np.arange(len(wanted)), nxt] - logz
         llm._ctx.kv_cache_seq_rm(-1, 0, -1)
         return out
 
