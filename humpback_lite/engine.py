@@ -87,7 +87,7 @@ class Engine:
             eos_token=model.token_get_text(eos) if eos != -1 else "",
             bos_token=model.token_get_text(bos) if bos != -1 else "",
         )
-        self._digits = self._digit_tokens()
+        self._digits = self.digit_tokens()
 
     # ------------------------------------------------------------------ text and tokens
 
@@ -137,7 +137,7 @@ class Engine:
 
     # ------------------------------------------------------------------ scoring
 
-    def _digit_tokens(self, label: str = "Score:", digits: str = "12345") -> tuple[str, list[int]]:
+    def digit_tokens(self, label: str = "Score:", digits: str = "12345") -> tuple[str, list[int]]:
         """Find how this tokenizer writes a digit after `label`: either `label` + ` N` (one
         token with the space) or `label ` + `N`. Returns (prompt suffix, one token id per digit)."""
         for suffix, fmt in ((label, " {}"), (label + " ", "{}")):

@@ -72,7 +72,7 @@ class Judge:
         self.engine = engine
         self.tags = tags
         self.max_answer_tokens = max_answer_tokens
-        self.label, self.ids = engine._digit_tokens(PAIRWISE_LABEL, "12")
+        self.label, self.ids = engine.digit_tokens(PAIRWISE_LABEL, "12")
 
     def p_first(self, instruction: str, first: str, second: str) -> float:
         """P(the judge prefers the answer shown first)."""
