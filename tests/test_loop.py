@@ -260,6 +260,13 @@ def test_chat_answers_then_exits(tiny_run):
     assert reply
 
 
+def test_chat_with_an_adapter_keeps_the_conversation(tiny_run):
+    result = CliRunner().invoke(main, ["chat", "--adapter", str(tiny_run / "export" / "adapter.gguf"),
+                                       "--max-tokens", "8"], input="Hi\nAnd then?\n/reset\n")
+    assert result.exit_code == 0, result.output  # Ctrl-D (end of input) also quits
+    assert "+ adapter.gguf" in result.output and result.output.count("model>") == 2
+
+
 def test_evaluate_refuses_a_folder_that_is_not_a_run(tmp_path):
     result = CliRunner().invoke(main, ["evaluate", str(tmp_path)])
     assert result.exit_code == 1 and "not a run folder" in result.output
