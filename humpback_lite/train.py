@@ -216,4 +216,19 @@ def train_lora(
             "quantize": cfg.quantize,
         }
         (tmp / "train_stats.json").write_text(json.dumps(stats, indent=2))
+    del trainer, model
+    _release_memory()
     return stats
+
+
+def _release_memory() -> None:
+    """Hand the freed training heap back to the OS before the llama.cpp stages that follow.
+    glibc keeps it otherwise (measured after a 135M training: 2.2 GB resident -> 0.7 GB)."""
+    import ctypes
+    import gc
+
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc (macOS, musl): nothing to do
+        pass
