@@ -41,7 +41,11 @@ def answer_nll(engine: Engine, pairs: Iterable[dict], tags: bool = True) -> list
     out = []
     for p in pairs:
         context = engine.tokenize(engine.format(prompts.forward_messages(p["instruction"], "seed", tags)))
-        target = engine.tokenize(p["output"].strip())[: max(1, engine.n_ctx - len(context))]
+        room = engine.n_ctx - len(context)
+        if room < 1:  # the instruction alone fills the context: nothing of the answer to score
+            out.append({"id": p.get("id"), "nll_sum": 0.0, "tokens": 0, "skipped": "instruction longer than n_ctx"})
+            continue
+        target = engine.tokenize(p["output"].strip())[:room]
         lp = engine.token_logprobs(context, target)
         out.append({"id": p.get("id"), "nll_sum": float(-lp.sum()), "tokens": len(target)})
     return out
@@ -73,11 +77,17 @@ class Judge:
         self.tags = tags
         self.max_answer_tokens = max_answer_tokens
         self.label, self.ids = engine.digit_tokens(PAIRWISE_LABEL, "12")
+        empty = engine.format(pairwise_messages("", "", "", tags), assistant_prefix=self.label)
+        # what instruction + both answers may share of the context (a few tokens spare for re-tokenizing)
+        self.room = engine.n_ctx - len(engine.tokenize(empty)) - 8
 
     def p_first(self, instruction: str, first: str, second: str) -> float:
         """P(the judge prefers the answer shown first)."""
         e = self.engine
-        first, second = e.truncate(first, self.max_answer_tokens), e.truncate(second, self.max_answer_tokens)
+        # cut so that instruction + both answers + the instructions to the judge fit the context
+        budget = max(1, self.room // 3)
+        instruction = e.truncate(instruction, budget)
+        first, second = (e.truncate(x, min(self.max_answer_tokens, budget)) for x in (first, second))
         prompt = e.format(pairwise_messages(instruction, first, second, self.tags), assistant_prefix=self.label)
         return e.choice_probs(prompt, self.ids)[0]
 
@@ -143,7 +153,8 @@ def evaluate_models(
                     nll_out.append({"model": c.name, **row})
                     tick()
                 for p in todo_ans:
-                    prompt = engine.format(prompts.forward_messages(p["instruction"], "seed", tags))
+                    instruction = engine.truncate(p["instruction"], max(16, engine.n_ctx - max_new_tokens - 64))
+                    prompt = engine.format(prompts.forward_messages(instruction, "seed", tags))
                     text = engine.generate(prompt, max_tokens=max_new_tokens, temperature=0.0, seed=seed)
                     ans_out.append({"model": c.name, "id": p["id"], "answer": text.strip()})
                     tick()

@@ -133,3 +133,16 @@ def test_evaluation_resumes_after_the_last_complete_record(model_gguf, tmp_path)
     assert second == first
     assert len(opened) == 1  # only the judge was needed again: NLL and answers were complete
     assert (tmp_path / "judgments.jsonl").read_text().splitlines(keepends=True) == judgments
+
+
+def test_overlong_pairs_are_cut_or_skipped_not_fatal(model_gguf):
+    e = Engine(model_gguf, n_ctx=256)
+    try:
+        long_text = "word " * 400
+        rows = answer_nll(e, [{"id": "a", "instruction": long_text, "output": "x"},
+                              {"id": "b", "instruction": "Say hi.", "output": long_text}])
+        assert rows[0]["tokens"] == 0 and "skipped" in rows[0]
+        assert 0 < rows[1]["tokens"] < 256
+        assert 0.0 <= Judge(e).p_first(long_text, long_text, long_text) <= 1.0
+    finally:
+        e.close()
