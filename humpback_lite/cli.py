@@ -59,9 +59,9 @@ def run(recipe: str, overrides: tuple[str, ...], out_dir: str | None) -> None:
     rec = load_recipe(recipe, overrides)
     out = Path(out_dir or Path("runs") / rec.name)
     console.print(f"run folder: [bold]{out}[/] (rerun the same command to resume)")
-    run_dir = run_loop(rec, out)
+    run_dir = run_loop(rec, out)  # writes the report too
     _print_status(run_dir.root)
-    _print_report(run_dir.root)
+    _print_summary(run_dir.root)
     console.print(f"[green]done:[/] {run_dir.root / 'export'}")
 
 
@@ -78,8 +78,8 @@ def evaluate(run_dir: str, overrides: tuple[str, ...], judge: str | None, limit:
     from .loop import load_run
 
     extra = list(overrides) + ([f"evaluate.judge={judge}"] if judge else []) + ([f"evaluate.limit={limit}"] if limit else [])
-    load_run(run_dir, extra).evaluate()
-    _print_report(Path(run_dir))
+    load_run(run_dir, extra).evaluate()  # refreshes card and report
+    _print_summary(Path(run_dir))
 
 
 @main.command()
@@ -90,12 +90,19 @@ def report(run_dir: str) -> None:
 
 
 def _print_report(root: Path) -> None:
-    from .report import summary_table, write_report
+    from .report import gather, write_report
+
+    g = gather(root)
+    write_report(root, g)
+    _print_summary(root, g)
+
+
+def _print_summary(root: Path, g: dict | None = None) -> None:
+    from .report import gather, summary_table
     from .ui import console
 
-    path = write_report(root)
-    console.print(summary_table(root))
-    console.print(f"report: [bold]{path}[/]", highlight=False, soft_wrap=True)
+    console.print(summary_table(g or gather(root)))
+    console.print(f"report: [bold]{root / 'report' / 'index.html'}[/]", highlight=False, soft_wrap=True)
 
 
 @main.command()

@@ -185,17 +185,17 @@ def evaluate_models(
 
     models = {}
     for n in names:
-        rows = [r for r in nll_rows if r["model"] == n]
-        nll = mean_nll(rows)
+        nll = mean_nll([r for r in nll_rows if r["model"] == n])
         entry = {"nll": round(nll, 4) if nll is not None else None,
                  "ppl": round(math.exp(nll), 3) if nll is not None else None,
                  "answer_chars": round(statistics.mean(len(answers[(n, i)]) for i in by_id), 1) if by_id else None}
         for ref in ("base", "M0"):
-            rows = [r for r in judgments if r["a"] == n and r["b"] == ref]
-            if rows:
-                entry[f"vs_{ref}"] = win_rate([r["outcome"] for r in rows])
+            verdicts = [r for r in judgments if r["a"] == n and r["b"] == ref]
+            if verdicts:
+                entry[f"vs_{ref}"] = win_rate([r["outcome"] for r in verdicts])
                 # the judge's preference averaged over both orders: finer than win/tie/loss
-                entry[f"vs_{ref}"]["p_mean"] = round(statistics.mean((r["p_a_first"] + r["p_a_second"]) / 2 for r in rows), 4)
+                entry[f"vs_{ref}"]["p_mean"] = round(
+                    statistics.mean((r["p_a_first"] + r["p_a_second"]) / 2 for r in verdicts), 4)
         models[n] = entry
     # P(the judge prefers whichever answer it read first): 0.5 = no position bias
     first = [r["p_a_first"] for r in judgments] + [1 - r["p_a_second"] for r in judgments]

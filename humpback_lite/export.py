@@ -146,7 +146,7 @@ def export(run: Run, recipe: Recipe, card: ModelCard, gguf: Path, out: Path) -> 
         "```python",
         "from peft import PeftModel",
         "from transformers import AutoModelForCausalLM",
-        f"base = AutoModelForCausalLM.from_pretrained({(card.weights.get('hf_repo') or str(card.weights_dir))!r})",
+        f"base = AutoModelForCausalLM.from_pretrained({(card.hf_id or str(card.weights_dir))!r})",
         "model = PeftModel.from_pretrained(base, 'adapter')",
         "```",
         "llama.cpp, one file (base with the adapter merged in):",

@@ -53,11 +53,12 @@ class Loop:
 
     # ------------------------------------------------------------------ helpers
 
-    def _engine(self, adapter: Path | None):
+    def _engine(self, adapter: Path | None, gguf: Path | None = None):
+        """llama.cpp on `gguf` (default: the run's base) with the recipe's engine settings."""
         from .engine import Engine
 
         e = self.recipe.engine
-        return Engine(runtime_gguf(self.gguf, e.runtime_type), adapter=adapter, n_ctx=e.n_ctx, n_threads=e.n_threads, n_batch=e.n_batch,
+        return Engine(runtime_gguf(gguf or self.gguf, e.runtime_type), adapter=adapter, n_ctx=e.n_ctx, n_threads=e.n_threads, n_batch=e.n_batch,
                       n_gpu_layers=e.n_gpu_layers, seed=self.recipe.seed)
 
     def _train(self, stage: str, rows: list[dict], meta_rows: list[dict], cfg) -> dict:
@@ -217,15 +218,12 @@ class Loop:
             for k in range(self.recipe.rounds + 1)]
 
     def _judge_engine(self):
-        from .engine import Engine
-
-        judge, e = self.recipe.evaluate.judge, self.recipe.engine
+        judge = self.recipe.evaluate.judge
         if judge == "final":
             return self._engine(self.contenders()[-1].adapter)
         if judge == "base":
             return self._engine(None)
-        return Engine(runtime_gguf(fetch(get_card(judge)), e.runtime_type), n_ctx=e.n_ctx, n_threads=e.n_threads,
-                      n_batch=e.n_batch, n_gpu_layers=e.n_gpu_layers, seed=self.recipe.seed)
+        return self._engine(None, gguf=fetch(get_card(judge)))
 
     def stage_evaluate(self) -> None:
         from . import evaluate

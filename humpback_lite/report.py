@@ -316,18 +316,17 @@ def render(g: dict) -> str:
             f"<body>\n{body}\n</body></html>\n")
 
 
-def write_report(root: str | Path) -> Path:
-    """Build RUN/report/index.html from the run's files; returns its path."""
+def write_report(root: str | Path, g: dict[str, Any] | None = None) -> Path:
+    """Build RUN/report/index.html from the run's files (or from `g`, their `gather`); returns its path."""
     out = Path(root) / "report" / "index.html"
-    write_text(out, render(gather(root)))
+    write_text(out, render(g or gather(root)))
     return out
 
 
-def summary_table(root: str | Path):
-    """A rich table of the per-model metrics and per-round curation, for the terminal."""
+def summary_table(g: dict[str, Any]):
+    """A rich table of the per-model metrics and per-round curation (from `gather`), for the terminal."""
     from rich.table import Table
 
-    g = gather(root)
     t = Table(title=f"humpback report: {g['name']}")
     for col in ("model", "NLL/token", "win vs base", "win vs M0", "trained on (seed+curated)", "kept / candidates"):
         t.add_column(col)
