@@ -40,6 +40,24 @@ def main() -> None:
     """Instruction backtranslation (Humpback) on one machine: segment, augment, curate, train."""
 
 
+def engine_options(f):
+    """The engine settings a single-stage command takes (the rest are the recipe's defaults)."""
+    f = click.option("--extra-buffers", type=click.Choice(["auto", "on", "off"]), default="auto", show_default=True,
+                     help="llama.cpp's extra CPU weight layouts; auto = off on CPUs with AMX (a known crash).")(f)
+    return click.option("--n-ctx", default=2048, show_default=True)(f)
+
+
+def _engine(model: str | Path, adapter: str | Path | None, n_ctx: int, extra_buffers: str, seed: int = 0,
+            runtime_type: str = "bf16"):
+    """The engine the loop would build for this model (same runtime tensor type and settings)."""
+    from .engine import Engine
+    from .models import fetch, get_card
+    from .recipe import EngineConfig
+
+    cfg = EngineConfig(n_ctx=n_ctx, extra_buffers=extra_buffers, runtime_type=runtime_type)
+    return Engine.from_config(fetch(get_card(str(model))), cfg, adapter=adapter, seed=seed)
+
+
 # ----------------------------------------------------------------------------- the loop
 
 
@@ -133,14 +151,13 @@ def push(run_dir: str, repo: str, dry_run: bool, private: bool, no_merged: bool,
 @click.option("--system", help="System prompt (default: the seed tag the model was trained with).")
 @click.option("--max-tokens", default=256, show_default=True)
 @click.option("--temperature", default=0.7, show_default=True)
-@click.option("--n-ctx", default=2048, show_default=True)
+@engine_options
 def chat(run_dir: str | None, model: str, adapter: str | None, system: str | None, max_tokens: int,
-         temperature: float, n_ctx: int) -> None:
+         temperature: float, n_ctx: int, extra_buffers: str) -> None:
     """Chat with the final model of RUN_DIR (or --model with --adapter). /exit or Ctrl-D quits,
     /reset starts over."""
     from . import prompts
     from .chat import Chat, run_model
-    from .engine import Engine
     from .models import ModelError, fetch, get_card
     from .ui import console
 
@@ -150,7 +167,8 @@ def chat(run_dir: str | None, model: str, adapter: str | None, system: str | Non
         gguf, lora = fetch(get_card(model)), Path(adapter)
     else:
         raise ModelError("give a run folder or --adapter")
-    engine = Engine(gguf, adapter=lora, n_ctx=n_ctx)
+    # The file as it is: chat generates token by token, where Q8_0 (the merged export) beats BF16.
+    engine = _engine(gguf, lora, n_ctx, extra_buffers, runtime_type="original")
     session = Chat(engine, system or prompts.SEED_TAG, max_tokens=max_tokens, temperature=temperature)
     console.print(f"chatting with {gguf.name}" + (f" + {lora.name}" if lora else "") + "; /exit quits, /reset starts over",
                   highlight=False, soft_wrap=True)
@@ -230,13 +248,6 @@ def models() -> None:
 # ----------------------------------------------------------------------------- single stages on plain files
 
 
-def _engine(model: str, adapter: str | None, n_ctx: int, seed: int):
-    from .engine import Engine
-    from .models import fetch, get_card
-
-    return Engine(fetch(get_card(model)), adapter=adapter, n_ctx=n_ctx, seed=seed)
-
-
 @main.command()
 @click.argument("inputs", nargs=-1, required=True)
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="segments.jsonl to write.")
@@ -287,8 +298,8 @@ def segment(inputs, output, min_chars, max_chars, max_segments, text_field, incl
 @click.option("--top-p", default=0.9, show_default=True)
 @click.option("--max-new-tokens", default=64, show_default=True)
 @click.option("--seed", default=0, show_default=True)
-@click.option("--n-ctx", default=2048, show_default=True)
-def augment(segments, output, model, adapter, temperature, top_p, max_new_tokens, seed, n_ctx) -> None:
+@engine_options
+def augment(segments, output, model, adapter, temperature, top_p, max_new_tokens, seed, n_ctx, extra_buffers) -> None:
     """Write an instruction for every segment (self-augmentation with a backward model)."""
     from .augment import augment as do_augment
     from .recipe import AugmentConfig
@@ -299,7 +310,7 @@ def augment(segments, output, model, adapter, temperature, top_p, max_new_tokens
     for i, r in enumerate(rows):
         r.setdefault("id", f"seg-{i:06d}")
     cfg = AugmentConfig(temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens)
-    engine = _engine(model, adapter, n_ctx, seed)
+    engine = _engine(model, adapter, n_ctx, extra_buffers, seed)
     with progress("augment", len(rows)) as advance:
         counts = do_augment(engine, rows, output, cfg, seed, on_item=advance)
     engine.close()
@@ -311,27 +322,45 @@ def augment(segments, output, model, adapter, temperature, top_p, max_new_tokens
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="scored.jsonl (appends; resumes).")
 @click.option("--model", default="smollm2-135m", show_default=True)
 @click.option("--adapter", type=click.Path(exists=True, dir_okay=False), help="Judge GGUF LoRA (e.g. M0).")
-@click.option("--mode", type=click.Choice(["expected", "greedy", "reasoning"]), default="expected", show_default=True)
+@click.option("--mode", type=click.Choice(["expected", "greedy", "reasoning", "pmi", "ifd", "backward", "combined"]),
+              default="expected", show_default=True,
+              help="Rubric (expected, greedy, reasoning) or likelihood signal (see README, Curation).")
+@click.option("--backward-adapter", type=click.Path(exists=True, dir_okay=False),
+              help="Backward-model GGUF LoRA (M_yx), for the backward signal.")
 @click.option("--instruction-field", help="Field holding the instruction (default: auto-detect).")
 @click.option("--output-field", help="Field holding the answer (default: auto-detect).")
 @click.option("--no-tags", is_flag=True, help="Judge without the seed tag as system prompt.")
-@click.option("--n-ctx", default=2048, show_default=True)
-def score(pairs, output, model, adapter, mode, instruction_field, output_field, no_tags, n_ctx) -> None:
-    """Rate every (instruction, output) pair on the paper's 5-point rubric.
+@engine_options
+@click.argument("overrides", nargs=-1)
+def score(pairs, output, model, adapter, mode, backward_adapter, instruction_field, output_field, no_tags, n_ctx,
+          extra_buffers, overrides) -> None:
+    """Score every (instruction, output) pair with the rubric and likelihood signals.
 
     PAIRS may be ours (instruction/output), Alpaca (instruction/input/output), ShareGPT
-    (conversations) or messages (first user and assistant turn)."""
-    from .curate import normalize_pairs, score_pairs
-    from .recipe import CurateConfig
+    (conversations) or messages (first user and assistant turn). OVERRIDES are curate keys, e.g.
+    signals=[rubric,pmi,backward] combine=[pmi,backward]."""
+    from .curate import normalize_pairs, score_pairs, wanted_signals
+    from .recipe import CurateConfig, build
+    from .signals import Scorer
     from .store import read_jsonl
     from .ui import console, progress
 
+    cfg = build(CurateConfig, [f"mode={mode}", "top_fraction=1", *overrides], prefix="curate.")
     rows = normalize_pairs(read_jsonl(pairs), pairs, instruction_field, output_field)
-    engine = _engine(model, adapter, n_ctx, 0)
-    with progress(f"score ({mode})", len(rows)) as advance:
-        summary = score_pairs(engine, rows, output, CurateConfig(mode=mode), tags=not no_tags, on_item=advance)
-    engine.close()
-    console.print(f"{summary['scored']} scored -> {output}; mean {summary['mean_score']}; histogram {summary['histogram']}")
+    if "backward" in wanted_signals(cfg) and not backward_adapter:
+        raise click.UsageError("the backward signal needs --backward-adapter (a backward model's adapter.gguf)")
+    engine = _engine(model, adapter, n_ctx, extra_buffers)
+    backward = _engine(model, backward_adapter, n_ctx, extra_buffers) if backward_adapter else None
+    scorer = Scorer(engine, backward, tags=not no_tags, max_answer_tokens=cfg.max_answer_tokens)
+    try:
+        with progress(f"score ({mode})", len(rows)) as advance:
+            summary = score_pairs(scorer, rows, output, cfg, on_item=advance)
+    finally:
+        engine.close()
+        if backward is not None:
+            backward.close()
+    console.print(f"{summary['scored']} scored -> {output}; mean {summary['mean_score']}"
+                  + (f"; rubric histogram {summary['histogram']}" if summary["histogram"] else ""))
 
 
 @main.command()

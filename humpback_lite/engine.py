@@ -3,6 +3,8 @@
 Generation goes through llama-cpp-python's high-level API; scoring reads next-token logits
 through its low-level binding (`llama_get_logits_ith`) so no `logits_all` buffer is needed.
 Chat prompts are rendered with the GGUF's own template, the one training uses too.
+Every GGUF the project runs is loaded here (`Engine`, or `Engine.from_config` with a recipe's
+engine settings), so model parameters such as `extra_buffers` apply everywhere.
 Knows nothing of training.
 """
 
@@ -12,13 +14,22 @@ import contextlib
 import ctypes
 import math
 import os
-from collections.abc import Sequence
+import threading
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
-from .models import ModelError, check_gguf, quiet_stderr
+from . import crashguard
+from .models import ModelError, check_gguf, quiet_stderr, runtime_gguf
+
+if TYPE_CHECKING:
+    from .recipe import EngineConfig
+
+ExtraBuffers = Literal["auto", "on", "off"]
+AMX_FLAGS = {"amx_tile", "amx_int8", "amx_bf16"}
 
 CHATML = (
     "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + "
@@ -42,6 +53,59 @@ class DigitScore:
         return int(np.argmax(self.probs)) + 1
 
 
+def cpu_flags() -> set[str]:
+    """The CPU feature flags Linux reports (empty elsewhere)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return set()
+    for line in text.splitlines():
+        if line.startswith("flags"):
+            return set(line.partition(":")[2].split())
+    return set()
+
+
+def use_extra_buffers(setting: ExtraBuffers) -> bool:
+    """Whether llama.cpp may put CPU weights in its extra buffer types (AMX tiles, repacked
+    layouts). `auto` turns them off on CPUs with AMX: there quantized GGUFs (Q4_0, Q4_1, Q8_0)
+    crash inside `ggml_backend_amx_mul_mat` (ggml-org/llama.cpp#20824); elsewhere they stay on.
+    Measured speeds per tensor type: README, "CPUs"."""
+    if setting == "auto":
+        return not (AMX_FLAGS & cpu_flags())
+    return setting == "on"
+
+
+_params_lock = threading.Lock()
+
+
+@contextlib.contextmanager
+def _model_params(**fields: object) -> Iterator[None]:
+    """Set llama_model_params fields that `Llama()` has no argument for.
+
+    Why this way: `Llama.__init__` builds its params from `llama_model_default_params()` and loads
+    the model in the same call, with no hook in between; wrapping that one function for the
+    length of the constructor sets the fields without re-implementing the constructor."""
+    import llama_cpp.llama_cpp as lib
+
+    missing = [k for k in fields if k not in dict(lib.llama_model_params._fields_)]
+    if missing:
+        raise ModelError(f"this llama-cpp-python has no model parameter(s) {missing}; upgrade it (>=0.3.36)")
+    with _params_lock:
+        original = lib.llama_model_default_params
+
+        def patched():
+            params = original()
+            for k, v in fields.items():
+                setattr(params, k, v)
+            return params
+
+        lib.llama_model_default_params = patched
+        try:
+            yield
+        finally:
+            lib.llama_model_default_params = original
+
+
 class Engine:
     def __init__(
         self,
@@ -53,6 +117,7 @@ class Engine:
         n_gpu_layers: int = 0,
         seed: int = 0,
         chat_template: str | None = None,
+        extra_buffers: ExtraBuffers = "auto",
     ):
         from llama_cpp import Llama
         from llama_cpp.llama_chat_format import Jinja2ChatFormatter
@@ -61,8 +126,11 @@ class Engine:
         check_gguf(self.gguf)
         if adapter is not None:
             check_gguf(Path(adapter))
+        self.extra_buffers = use_extra_buffers(extra_buffers)
+        self.name = self.gguf.name + (f" + {Path(adapter).name}" if adapter else "")
+        crashguard.install()  # before quiet_stderr redirects fd 2
         try:
-            with quiet_stderr():
+            with quiet_stderr(), _model_params(use_extra_bufts=self.extra_buffers), self._native("load"):
                 self.llm = Llama(
                     model_path=str(self.gguf),
                     lora_path=str(adapter) if adapter else None,
@@ -71,13 +139,16 @@ class Engine:
                     n_batch=n_batch,
                     n_gpu_layers=n_gpu_layers,
                     seed=seed,
-                    verbose=False,
+                    verbose=bool(os.environ.get("HUMPBACK_VERBOSE")),
                 )
         except (ValueError, RuntimeError) as e:
             what = f"{self.gguf}" + (f" with adapter {adapter}" if adapter else "")
-            raise ModelError(f"llama.cpp could not load {what}: {e} (corrupt or incompatible file?)") from None
+            log = crashguard.log_tail()
+            raise ModelError(f"llama.cpp could not load {what}: {e} (corrupt or incompatible file?)"
+                             + (f"\nllama.cpp said:\n{log}" if log else "")) from None
         self.adapter = adapter
         self.n_ctx = n_ctx
+        self.last_finish_reason: str | None = None
         meta = self.llm.metadata
         template = chat_template or meta.get("tokenizer.chat_template") or CHATML
         model = self.llm._model
@@ -88,6 +159,19 @@ class Engine:
             bos_token=model.token_get_text(bos) if bos != -1 else "",
         )
         self._digits = self.digit_tokens()
+
+    @classmethod
+    def from_config(cls, gguf: str | Path, cfg: EngineConfig, adapter: str | Path | None = None,
+                    seed: int = 0) -> Engine:
+        """The engine a recipe describes: its runtime tensor type (converted once, cached) and
+        every engine setting. Loop, single-stage commands, chat and evaluation all build it so."""
+        return cls(runtime_gguf(Path(gguf), cfg.runtime_type), adapter=adapter, n_ctx=cfg.n_ctx,
+                   n_threads=cfg.n_threads, n_batch=cfg.n_batch, n_gpu_layers=cfg.n_gpu_layers, seed=seed,
+                   extra_buffers=cfg.extra_buffers)
+
+    def _native(self, op: str):
+        """Mark a call into llama.cpp, so that a crash inside it is reported with model and op."""
+        return crashguard.operation(f"{op} on {self.name}")
 
     # ------------------------------------------------------------------ text and tokens
 
@@ -122,17 +206,19 @@ class Engine:
         tokens = self.tokenize(prompt)
         self._check_fits(tokens, max_tokens)
         self.llm.reset()
-        out = self.llm.create_completion(
-            tokens,
-            max_tokens=max_tokens,
-            temperature=temperature,
-            top_p=top_p,
-            top_k=0,
-            min_p=0.0,
-            repeat_penalty=1.0,
-            seed=seed,
-            stop=list(stop) or None,
-        )
+        with self._native("generate"):
+            out = self.llm.create_completion(
+                tokens,
+                max_tokens=max_tokens,
+                temperature=temperature,
+                top_p=top_p,
+                top_k=0,
+                min_p=0.0,
+                repeat_penalty=1.0,
+                seed=seed,
+                stop=list(stop) or None,
+            )
+        self.last_finish_reason = out["choices"][0].get("finish_reason")  # "length": cut at max_tokens
         return out["choices"][0]["text"]
 
     # ------------------------------------------------------------------ scoring
@@ -165,7 +251,8 @@ class Engine:
         while k < limit and cached[k] == tokens[k]:
             k += 1
         llm.n_tokens = k
-        llm.eval(tokens[k:])
+        with self._native("eval"):
+            llm.eval(tokens[k:])
 
     def next_token_logits(self, tokens: list[int]) -> np.ndarray:
         self._check_fits(tokens, 1)
@@ -216,7 +303,8 @@ class Engine:
             flags = set(wanted)
             for i in range(len(chunk)):
                 llm._batch.batch.logits[i] = i in flags
-            llm._ctx.decode(llm._batch)
+            with self._native("decode"):
+                llm._ctx.decode(llm._batch)
             if not wanted:
                 continue
             # llama_get_logits: the requested rows, in batch order, one contiguous block

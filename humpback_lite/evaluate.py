@@ -7,6 +7,10 @@
   a model wins an instruction only when the judge prefers it both times, loses when it prefers the
   other both times, and a split verdict (position bias) is a tie. Win rate = (wins + ties / 2) / n,
   so identical answers give exactly 50 %.
+- Answers that loop: per model, how many answers repeat themselves (a share of repeated word
+  4-grams) and how many were cut at the token limit, shown beside the win rate.
+- Confidence: 95 % intervals from a paired bootstrap over the held-out pairs, for NLL differences
+  and win rates, so a reader sees whether a gap is real.
 - Curation figures and data statistics are read from the run's files (`curation`, `data_stats`).
 
 No API key, no network: the paper judged with GPT-4 on AlpacaEval; here the judge is a local model.
@@ -15,6 +19,7 @@ No API key, no network: the paper judged with GPT-4 on AlpacaEval; here the judg
 from __future__ import annotations
 
 import math
+import random
 import re
 import statistics
 from collections import Counter
@@ -132,9 +137,11 @@ def evaluate_models(
     tags: bool = True,
     seed: int = 0,
     on_item: Callable[[], None] | None = None,
+    bootstrap: int = 2000,
 ) -> dict:
-    """NLL and answers per contender, then every model against base and against M0, judged in both
-    orders. Appends to nll.jsonl, answers.jsonl and judgments.jsonl and resumes from them."""
+    """NLL and answers per contender, then every model against base and against M0, and the final
+    curated model against each ablation model, judged in both orders. Appends to nll.jsonl,
+    answers.jsonl and judgments.jsonl and resumes from them."""
     tick = on_item or (lambda: None)
     with JsonlAppender(out_dir / "nll.jsonl") as nll_out, JsonlAppender(out_dir / "answers.jsonl") as ans_out:
         nll_done = {(r["model"], r["id"]) for r in nll_out.done}
@@ -156,15 +163,17 @@ def evaluate_models(
                     instruction = engine.truncate(p["instruction"], max(16, engine.n_ctx - max_new_tokens - 64))
                     prompt = engine.format(prompts.forward_messages(instruction, "seed", tags))
                     text = engine.generate(prompt, max_tokens=max_new_tokens, temperature=0.0, seed=seed)
-                    ans_out.append({"model": c.name, "id": p["id"], "answer": text.strip()})
+                    ans_out.append({"model": c.name, "id": p["id"], "answer": text.strip(),
+                                    "cut": engine.last_finish_reason == "length"})
                     tick()
             finally:
                 engine.close()
     nll_rows = read_jsonl(out_dir / "nll.jsonl")
-    answers = {(r["model"], r["id"]): r["answer"] for r in read_jsonl(out_dir / "answers.jsonl")}
+    answer_rows = read_jsonl(out_dir / "answers.jsonl")
+    answers = {(r["model"], r["id"]): r["answer"] for r in answer_rows}
 
     names = [c.name for c in contenders]
-    matchups = [(n, "base") for n in names if n != "base"] + [(n, "M0") for n in names if n not in ("base", "M0")]
+    matchups = matchups_of(names)
     by_id = {p["id"]: p for p in heldout}
     with JsonlAppender(out_dir / "judgments.jsonl") as j_out:
         done = {(r["a"], r["b"], r["id"]) for r in j_out.done}
@@ -189,24 +198,86 @@ def evaluate_models(
         entry = {"nll": round(nll, 4) if nll is not None else None,
                  "ppl": round(math.exp(nll), 3) if nll is not None else None,
                  "answer_chars": round(statistics.mean(len(answers[(n, i)]) for i in by_id), 1) if by_id else None}
-        for ref in ("base", "M0"):
+        rows = [r for r in answer_rows if r["model"] == n]
+        entry["looping"] = sum(1 for r in rows if repetition(r["answer"]) >= LOOP_SHARE)
+        entry["cut_at_limit"] = sum(1 for r in rows if r.get("cut"))
+        for ref in {b for a, b in matchups if a == n}:
             verdicts = [r for r in judgments if r["a"] == n and r["b"] == ref]
             if verdicts:
                 entry[f"vs_{ref}"] = win_rate([r["outcome"] for r in verdicts])
+                entry[f"vs_{ref}"]["ci"] = win_rate_ci([r["outcome"] for r in verdicts], bootstrap, seed)
                 # the judge's preference averaged over both orders: finer than win/tie/loss
                 entry[f"vs_{ref}"]["p_mean"] = round(
                     statistics.mean((r["p_a_first"] + r["p_a_second"]) / 2 for r in verdicts), 4)
         models[n] = entry
+    final = last_round_model(names)
+    nll_diffs = {f"{final} - {b}": nll_diff_ci(nll_rows, final, b, bootstrap, seed)
+                 for b in names if b != final and final is not None}
     # P(the judge prefers whichever answer it read first): 0.5 = no position bias
     first = [r["p_a_first"] for r in judgments] + [1 - r["p_a_second"] for r in judgments]
     bias = round(statistics.mean(first), 4) if first else None
-    return {"heldout": len(heldout), "judge": judge_name, "position_bias": bias, "models": models}
+    return {"heldout": len(heldout), "judge": judge_name, "position_bias": bias, "models": models,
+            "nll_diff": nll_diffs}
 
 
-def work_units(n_models: int, n_heldout: int) -> int:
+ABLATIONS = ("random", "all")
+LOOP_SHARE = 0.3  # an answer "loops" when this share of its word 4-grams repeats an earlier one
+
+
+def last_round_model(names: list[str]) -> str | None:
+    rounds = [n for n in names if re.fullmatch(r"M\d+", n)]
+    return max(rounds, key=lambda n: int(n[1:])) if rounds else None
+
+
+def matchups_of(names: list[str]) -> list[tuple[str, str]]:
+    """Every model vs base and vs M0; the final curated model vs each ablation model."""
+    out = [(n, "base") for n in names if n != "base"] + [(n, "M0") for n in names if n not in ("base", "M0")]
+    final = last_round_model(names)
+    return out + [(final, a) for a in names if a in ABLATIONS and final is not None]
+
+
+def work_units(names: list[str], n_heldout: int) -> int:
     """Progress-bar total: NLL + answer per model and pair, two-order judgments per matchup."""
-    matchups = (n_models - 1) + max(0, n_models - 2)
-    return 2 * n_models * n_heldout + matchups * n_heldout
+    return 2 * len(names) * n_heldout + len(matchups_of(names)) * n_heldout
+
+
+def repetition(text: str, n: int = 4) -> float:
+    """Share of the word n-grams of `text` that repeat an earlier one (0 for short texts)."""
+    words = text.split()
+    grams = [tuple(words[i:i + n]) for i in range(len(words) - n + 1)]
+    return (len(grams) - len(set(grams))) / len(grams) if grams else 0.0
+
+
+def _percentiles(xs: list[float]) -> list[float]:
+    xs = sorted(xs)
+    return [round(xs[int(0.025 * (len(xs) - 1))], 4), round(xs[int(0.975 * (len(xs) - 1))], 4)]
+
+
+def win_rate_ci(outcomes: list[str], b: int = 2000, seed: int = 0) -> list[float] | None:
+    """95 % bootstrap interval of the win rate (win 1, tie 1/2, loss 0) over the held-out pairs."""
+    value = {"win": 1.0, "tie": 0.5, "loss": 0.0}
+    xs = [value[o] for o in outcomes]
+    if len(xs) < 2:
+        return None
+    rng = random.Random(seed)
+    return _percentiles([sum(rng.choices(xs, k=len(xs))) / len(xs) for _ in range(b)])
+
+
+def nll_diff_ci(rows: list[dict], a: str, b: str, n_boot: int = 2000, seed: int = 0) -> dict | None:
+    """NLL/token of model a minus model b on the same held-out pairs, with a 95 % paired bootstrap
+    interval (pairs resampled together, so what both find hard cancels out). Negative: a is better."""
+    by = {(r["model"], r["id"]): r for r in rows if r.get("tokens")}
+    ids = sorted({i for m, i in by if m == a} & {i for m, i in by if m == b})
+    if len(ids) < 2:
+        return None
+
+    def diff(sample: list[str]) -> float:
+        tokens = sum(by[(a, i)]["tokens"] for i in sample)
+        return (sum(by[(a, i)]["nll_sum"] for i in sample) - sum(by[(b, i)]["nll_sum"] for i in sample)) / tokens
+
+    rng = random.Random(seed)
+    boots = [diff(rng.choices(ids, k=len(ids))) for _ in range(n_boot)]
+    return {"diff": round(diff(ids), 4), "ci": _percentiles(boots), "n": len(ids)}
 
 
 # ----------------------------------------------------------------------------- files of a run
@@ -253,7 +324,10 @@ def curation_figures(run: Run) -> list[dict]:
         out.append({
             "round": r, "judge": f"M{r - 1}", "candidates": select.get("candidates", len(scores)),
             "kept": select.get("kept"), "cutoff": select.get("cutoff"), "histogram": select.get("histogram"),
-            "auc": score.get("auc"), "flip_rate": select.get("injection_flip_rate"),
+            "auc": score.get("auc"), "auc_hard": score.get("auc_hard"),
+            "auc_by_signal": score.get("auc_by_signal") or {}, "auc_hard_by_signal": score.get("auc_hard_by_signal") or {},
+            "flip_rate": select.get("injection_flip_rate"), "benign_flip_rate": select.get("benign_flip_rate"),
+            "mode": next((s.get("mode") for s in read_jsonl(path)), None) if path.exists() else None,
             "agreement": agreement.get("spearman") if isinstance(agreement, dict) else agreement,
             "scores": scores,
         })

@@ -124,7 +124,7 @@ def export(run: Run, recipe: Recipe, card: ModelCard, gguf: Path, out: Path) -> 
         f"Base model: **{card.name}** ({card.description}); license of the base: {card.license}.",
         f"Trained by humpback_lite on {n_seed} seed pairs and {n_aug} self-curated augmented pairs "
         f"after {recipe.rounds} round(s) of self-curation (curation mode `{recipe.curate.mode}`, "
-        f"keep score >= {recipe.curate.threshold}" + (f", top {recipe.curate.top_fraction:.0%}" if recipe.curate.top_fraction else "") + ").",
+        f"{_rule(recipe.curate)}).",
         "",
         "## Rounds",
         "",
@@ -222,3 +222,12 @@ def push(export_dir: str | Path, repo: str, dry_run: bool = False, private: bool
     except OSError as e:
         raise PushError(f"cannot push to {repo}: {e} (no network?)") from None
     return files
+
+
+def _rule(c) -> str:
+    """The selection rule in words, as `curate.select` applies it."""
+    if c.target_count is not None:
+        return f"keep the best {c.target_count}"
+    if c.top_fraction is not None:
+        return f"keep the best {c.top_fraction:.0%}"
+    return f"keep score >= {c.threshold}"

@@ -17,12 +17,13 @@ from pathlib import Path
 
 from . import __version__, corpus, curate, prompts, ui
 from .augment import augment
-from .models import fetch, get_card, runtime_gguf
+from .models import fetch, get_card
 from .recipe import Recipe, dump_recipe
 from .seed import load_seed, seed_digest
+from .signals import Scorer
 from .store import Run, file_digest, fingerprint, read_jsonl, write_json, write_jsonl, write_text
 
-STAGE_VERSION = 2  # bump when a stage's output format or algorithm changes
+STAGE_VERSION = 3  # bump when a stage's output format or algorithm changes
 
 
 def input_digest(ref: str) -> str:
@@ -57,9 +58,7 @@ class Loop:
         """llama.cpp on `gguf` (default: the run's base) with the recipe's engine settings."""
         from .engine import Engine
 
-        e = self.recipe.engine
-        return Engine(runtime_gguf(gguf or self.gguf, e.runtime_type), adapter=adapter, n_ctx=e.n_ctx, n_threads=e.n_threads, n_batch=e.n_batch,
-                      n_gpu_layers=e.n_gpu_layers, seed=self.recipe.seed)
+        return Engine.from_config(gguf or self.gguf, self.recipe.engine, adapter=adapter, seed=self.recipe.seed)
 
     def _train(self, stage: str, rows: list[dict], meta_rows: list[dict], cfg) -> dict:
         """Train a LoRA into <stage>/adapter and convert it to <stage>/adapter.gguf."""
@@ -163,25 +162,34 @@ class Loop:
         self.run_dir.stage(stage, fp, work)
 
     def stage_score(self, rnd: int) -> None:
-        r = self.recipe
+        r, c = self.recipe, self.recipe.curate
         stage = f"{round_dir(rnd)}/score"
         judge = f"{round_dir(rnd - 1)}/train"
+        wanted = curate.wanted_signals(c)
         fp = self.fp[stage] = fingerprint("score", STAGE_VERSION, self.fp["augment"], self.fp[judge],
-                                          r.curate.mode, r.curate.reasoning_tokens, r.curate.checks,
-                                          r.engine.runtime_type, r.tags)
+                                          self.fp["backward"] if "backward" in wanted else None,
+                                          c.mode, wanted, c.combine, c.max_answer_tokens, c.reasoning_tokens,
+                                          c.checks, c.injection_checks, r.engine.runtime_type, r.engine.n_ctx,
+                                          r.tags, r.seed)
 
         def work(d: Path) -> dict:
             pairs = read_jsonl(self.run_dir.dir("augment") / "pairs.jsonl")
             engine = self._engine(self.run_dir.dir(judge) / "adapter.gguf")
+            backward = self._engine(self.run_dir.dir("backward") / "adapter.gguf") if "backward" in wanted else None
+            scorer = Scorer(engine, backward, tags=r.tags, max_answer_tokens=c.max_answer_tokens)
             try:
-                n_checks = min(r.curate.checks, len(pairs)) * (1 + len(curate.INJECTIONS))
-                with ui.progress(f"score (M{rnd - 1})", len(pairs) + n_checks) as advance:
-                    counts = curate.score_pairs(engine, pairs, d / "scored.jsonl", r.curate, r.tags, on_item=advance)
+                usable = sum(1 for p in pairs if p["instruction"].strip())
+                n_checks = min(c.checks, usable) * 2 + min(c.checks, usable, c.injection_checks) * (
+                    len(curate.INJECTIONS) + len(curate.BENIGN))
+                with ui.progress(f"score (M{rnd - 1}, {c.mode})", len(pairs) + n_checks) as advance:
+                    counts = curate.score_pairs(scorer, pairs, d / "scored.jsonl", c, on_item=advance)
                     scored = read_jsonl(d / "scored.jsonl")
-                    counts.update(curate.self_check(engine, pairs, scored, r.curate, r.tags, d / "checks.jsonl",
+                    counts.update(curate.self_check(scorer, pairs, scored, c, d / "checks.jsonl",
                                                     seed=r.seed + rnd, on_item=advance))
             finally:
                 engine.close()
+                if backward is not None:
+                    backward.close()
             if rnd > 1:
                 prev = read_jsonl(self.run_dir.dir(f"{round_dir(rnd - 1)}/score") / "scored.jsonl")
                 counts["agreement_with_prev_judge"] = curate.agreement(prev, scored)
@@ -190,32 +198,64 @@ class Loop:
         self.run_dir.stage(stage, fp, work)
 
     def stage_select(self, rnd: int) -> None:
+        from collections import Counter
+
         c = self.recipe.curate
         stage = f"{round_dir(rnd)}/select"
         fp = self.fp[stage] = fingerprint("select", STAGE_VERSION, self.fp[f"{round_dir(rnd)}/score"],
-                                          c.threshold, c.top_fraction, c.target_count)
+                                          c.threshold, c.top_fraction, c.target_count, c.dedup, c.max_per_source)
 
         def work(d: Path) -> dict:
             score_dir = self.run_dir.dir(f"{round_dir(rnd)}/score")
             scored = read_jsonl(score_dir / "scored.jsonl")
-            kept = curate.select(scored, c.threshold, c.top_fraction, c.target_count)
+            dropped: Counter = Counter()
+            kept = curate.select(scored, c.threshold, c.top_fraction, c.target_count, c.dedup, c.max_per_source,
+                                 dropped)
             write_jsonl(d / "curated.jsonl", kept)
             cut = curate.cutoff(kept, c.threshold)
             counts = {"candidates": len(scored), "kept": len(kept),
                       "kept_share": round(len(kept) / len(scored), 4) if scored else 0.0,
                       "cutoff": round(cut, 4), "histogram": curate.histogram(scored),
-                      "would_keep": curate.selection_table(scored)}
+                      "would_keep": curate.selection_table(scored), "dropped_for_diversity": dict(dropped)}
             counts.update(curate.flip_rate(scored, read_jsonl(score_dir / "checks.jsonl"), cut))
             return counts
 
         self.run_dir.stage(stage, fp, work)
 
-    def contenders(self) -> list:
-        from .evaluate import Contender
+    def stage_ablation(self, kind: str) -> None:
+        """Seed + `random` candidates (as many as the last round kept) or + `all` candidates of the
+        last round, trained like a round's model: what curation is compared against."""
+        import random
 
-        return [Contender("base", None)] + [
+        r = self.recipe
+        last = round_dir(r.rounds)
+        stage = f"ablation_{kind}"
+        fp = self.fp[stage] = fingerprint("ablation", STAGE_VERSION, kind, self.fp["seed"], self.fp[f"{last}/select"],
+                                          self.model_id(), r.train.__dict__, r.tags, r.seed)
+
+        def work(d: Path) -> dict:
+            pool = [p for p in read_jsonl(self.run_dir.dir(f"{last}/score") / "scored.jsonl") if p.get("score") is not None]
+            if kind == "random":
+                n_kept = len(read_jsonl(self.run_dir.dir(f"{last}/select") / "curated.jsonl"))
+                pool = random.Random(r.seed).sample(pool, min(n_kept, len(pool)))
+            seed_rows = [dict(p, kind="seed", score=None, round=r.rounds)
+                         for p in read_jsonl(self.run_dir.dir("seed") / "train.jsonl")]
+            meta = seed_rows + [dict(p, kind="augmented", round=r.rounds) for p in pool]
+            stats = self._train(stage, [prompts.forward_row(p, r.tags) for p in meta], meta, r.train)
+            stats.update({"seed_rows": len(seed_rows), "augmented_rows": len(pool)})
+            return stats
+
+        self.run_dir.stage(stage, fp, work)
+
+    def contenders(self) -> list:
+        from .evaluate import ABLATIONS, Contender
+
+        out = [Contender("base", None)] + [
             Contender(f"M{k}", self.run_dir.dir(f"{round_dir(k)}/train") / "adapter.gguf")
             for k in range(self.recipe.rounds + 1)]
+        if self.recipe.evaluate.ablation and self.recipe.rounds >= 1:
+            out += [Contender(a, self.run_dir.dir(f"ablation_{a}") / "adapter.gguf") for a in ABLATIONS]
+        return out
 
     def _judge_engine(self):
         judge = self.recipe.evaluate.judge
@@ -230,6 +270,7 @@ class Loop:
 
         r = self.recipe
         trains = [self.fp[f"{round_dir(k)}/train"] for k in range(r.rounds + 1)]
+        trains += [self.fp[f"ablation_{a}"] for a in evaluate.ABLATIONS if f"ablation_{a}" in self.fp]
         fp = self.fp["evaluate"] = fingerprint("evaluate", STAGE_VERSION, self.fp["seed"], trains, self.model_id(),
                                                r.evaluate.__dict__, r.engine.runtime_type, r.tags, r.seed)
 
@@ -239,10 +280,10 @@ class Loop:
                 return {"heldout": 0, "skipped": "no held-out seed pairs (data.heldout=0)"}
             contenders = self.contenders()
             judge_name = {"final": f"final model (M{r.rounds})", "base": "base model"}.get(r.evaluate.judge, r.evaluate.judge)
-            with ui.progress("evaluate", evaluate.work_units(len(contenders), len(held))) as advance:
+            with ui.progress("evaluate", evaluate.work_units([c.name for c in contenders], len(held))) as advance:
                 result = evaluate.evaluate_models(self._engine, contenders, held, d, self._judge_engine,
                                                   judge_name, r.evaluate.max_new_tokens, r.tags, r.seed,
-                                                  on_item=advance)
+                                                  on_item=advance, bootstrap=r.evaluate.bootstrap)
             result["curation"] = [{k: v for k, v in c.items() if k != "scores"}
                                   for c in evaluate.curation_figures(self.run_dir)]
             result["data"] = evaluate.data_stats(read_jsonl(self.run_dir.dir("corpus") / "segments.jsonl"),
@@ -280,6 +321,9 @@ class Loop:
             self.stage_score(rnd)
             self.stage_select(rnd)
             self.stage_train(rnd)
+        if self.recipe.evaluate.enabled and self.recipe.evaluate.ablation and self.recipe.rounds >= 1:
+            for kind in ("random", "all"):
+                self.stage_ablation(kind)
 
     def evaluate(self) -> dict:
         """Resume the run if needed, then (re)run the evaluate stage; returns its metrics."""

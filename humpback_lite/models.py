@@ -22,6 +22,7 @@ from typing import Any
 
 import yaml
 
+from .crashguard import captured_stderr, log_tail
 from .store import atomic_path, file_digest
 
 CARDS_DIR = Path(__file__).resolve().parent.parent / "models"
@@ -216,22 +217,17 @@ def _fetch_hub(card: ModelCard, dest: Path) -> None:
 
 @contextlib.contextmanager
 def quiet_stderr():
-    """llama.cpp logs to fd 2 from C; silence it during load unless HUMPBACK_VERBOSE is set."""
+    """llama.cpp logs to fd 2 from C; keep that log out of the terminal (in crashguard's log file,
+    which error messages and crash reports quote) unless HUMPBACK_VERBOSE is set."""
     if os.environ.get("HUMPBACK_VERBOSE"):
         yield
         return
-    saved = os.dup(2)
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    try:
-        os.dup2(devnull, 2)
+    with captured_stderr():
         yield
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-        os.close(devnull)
 
 
-RUNTIME_TYPES = {"bf16": "LLAMA_FTYPE_MOSTLY_BF16", "q8_0": "LLAMA_FTYPE_MOSTLY_Q8_0"}
+# q4_0 re-rounds the weights: offered to benchmarks, not to recipes.
+RUNTIME_TYPES = {"bf16": "LLAMA_FTYPE_MOSTLY_BF16", "q8_0": "LLAMA_FTYPE_MOSTLY_Q8_0", "q4_0": "LLAMA_FTYPE_MOSTLY_Q4_0"}
 
 
 def runtime_gguf(gguf: Path, kind: str) -> Path:
@@ -251,5 +247,5 @@ def runtime_gguf(gguf: Path, kind: str) -> Path:
     with atomic_path(out, suffix=".gguf") as tmp, quiet_stderr():
         rc = llama_cpp.llama_model_quantize(str(gguf).encode(), str(tmp).encode(), params)
         if rc != 0:
-            raise ModelError(f"{gguf}: converting to {kind} failed (llama_model_quantize returned {rc})")
+            raise ModelError(f"{gguf}: converting to {kind} failed (llama_model_quantize returned {rc})\n{log_tail()}")
     return out

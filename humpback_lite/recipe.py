@@ -89,6 +89,9 @@ class EngineConfig:
     runtime_type: Literal["original", "bf16", "q8_0"] = "bf16"
     """Tensor type llama.cpp runs: the GGUF as shipped, or a copy converted once (cached). Q4_1 and
     some other 4-bit types have no fast CPU kernel; bf16 evaluates prompts ~2.5x faster on CPU."""
+    extra_buffers: Literal["auto", "on", "off"] = "auto"
+    """llama.cpp's extra CPU weight layouts (AMX tiles, repacking). auto = off on CPUs with AMX, where
+    quantized GGUFs crash llama.cpp (llama.cpp#20824), on elsewhere. Does not change results."""
 
     def __post_init__(self) -> None:
         _check(self.n_ctx >= 256, "n_ctx", "must be >= 256")
@@ -114,26 +117,58 @@ class AugmentConfig:
 
 @dataclass
 class CurateConfig:
-    mode: Literal["expected", "greedy", "reasoning"] = "expected"
-    """`expected`: probability-weighted score over "1".."5" after `Score:` (one forward pass);
-    `greedy`: the most likely digit there; `reasoning`: the paper's brief reasoning, then a
-    `Score:` line constrained to a digit. All three always give a score."""
+    mode: Literal["expected", "greedy", "reasoning", "pmi", "ifd", "backward", "combined"] = "expected"
+    """What ranks the candidates. Rubric modes (the paper's 5-point rubric): `expected`, the
+    probability-weighted score over "1".."5" after `Score:` (one forward pass); `greedy`, the most
+    likely digit there; `reasoning`, a brief reasoning, then a `Score:` line constrained to a digit.
+    Likelihood modes: `pmi`, how much the instruction raises the answer's log-likelihood; `ifd`,
+    the instruction-following difficulty (Superfiltering), negated; `backward`, how much the answer
+    raises the instruction's log-likelihood under the backward model; `combined`, the average
+    percentile rank of the signals in `combine`. Likelihood modes rank, so they select with
+    `top_fraction` or `target_count`."""
+    signals: list[str] = field(default_factory=lambda: ["rubric", "pmi", "ifd"])
+    """Signals computed for every candidate and check (the mode's own are always added), kept in
+    each record so the report can compare them: rubric, pmi, ifd, backward."""
+    combine: list[str] = field(default_factory=lambda: ["pmi", "ifd"])
+    """Signals averaged (by percentile rank) in `combined` mode."""
     threshold: float = 4.0
-    """Keep pairs whose score is >= this (the paper's k; it used 5 with integer scores)."""
+    """Rubric modes: keep pairs whose score is >= this (the paper's k; it used 5 with integer scores)."""
     top_fraction: float | None = None
     """If set, keep this fraction of best-scored pairs instead of using `threshold`."""
     target_count: int | None = None
     """If set, keep this many best-scored pairs (overrides `top_fraction` and `threshold`)."""
+    dedup: float | None = 0.8
+    """Skip a pair whose instruction shares this share of word trigrams (Jaccard) with a better
+    kept one; null keeps near-duplicates."""
+    max_per_source: int | None = None
+    """Keep at most this many pairs from one source document (null: no cap)."""
+    max_answer_tokens: int = 400
+    """Likelihood signals read at most this many answer tokens."""
     reasoning_tokens: int = 96
     """Longest reasoning generated in `reasoning` mode, in tokens."""
-    checks: int = 16
-    """Pairs sampled each round for the judge self-checks (mismatched-pair AUC, injection flip
-    rate); 0 turns them off."""
+    checks: int = 40
+    """Pairs sampled each round for the self-checks: each is scored against a mismatched answer and
+    against another segment of its own document (AUC per signal); 0 turns them off."""
+    injection_checks: int = 8
+    """Of those, pairs scored again with injections and with harmless lines appended (verdict flips)."""
 
     def __post_init__(self) -> None:
+        from .signals import SIGNALS
+
         _check(1 <= self.threshold <= 5, "threshold", "must be between 1 and 5")
         _check(self.top_fraction is None or 0 < self.top_fraction <= 1, "top_fraction", "must be in (0, 1]")
         _check(self.target_count is None or self.target_count >= 1, "target_count", "must be >= 1")
+        for key, names in (("signals", self.signals), ("combine", self.combine)):
+            bad = [n for n in names if n not in SIGNALS]
+            _check(not bad, key, f"unknown signal(s) {bad}; known: {', '.join(SIGNALS)}")
+        _check(self.mode != "combined" or len(self.combine) >= 1, "combine", "needs at least one signal")
+        _check(self.mode in ("expected", "greedy", "reasoning") or self.top_fraction is not None
+               or self.target_count is not None, "top_fraction",
+               f"mode {self.mode} ranks pairs: set curate.top_fraction or curate.target_count")
+        _check(self.dedup is None or 0 < self.dedup <= 1, "dedup", "must be in (0, 1]")
+        _check(self.max_per_source is None or self.max_per_source >= 1, "max_per_source", "must be >= 1")
+        _check(self.max_answer_tokens >= 16, "max_answer_tokens", "must be >= 16")
+        _check(self.injection_checks >= 0, "injection_checks", "must be >= 0")
         _check(self.checks >= 0, "checks", "must be >= 0")
 
 
@@ -197,11 +232,18 @@ class EvaluateConfig:
     judge: str = "final"
     """Who compares answers: "final" (base + last round's adapter), "base", or a model card name /
     .gguf path."""
+    ablation: bool = False
+    """Did curation help? Also train on seed + a random selection of the last round's candidates of
+    the same size as its curated set ("random"), and on seed + all its candidates ("all"), and
+    evaluate them beside the curated models (the paper's quality-over-quantity comparison)."""
+    bootstrap: int = 2000
+    """Resamples of the held-out pairs for the 95 % confidence intervals (paired bootstrap)."""
 
     def __post_init__(self) -> None:
         _check(self.limit is None or self.limit >= 1, "limit", "must be >= 1")
         _check(self.max_new_tokens >= 1, "max_new_tokens", "must be >= 1")
         _check(bool(self.judge.strip()), "judge", 'must name a model, "final" or "base"')
+        _check(self.bootstrap >= 100, "bootstrap", "must be >= 100")
 
 
 GGUF_TYPES = Literal["base", "Q8_0", "Q5_1", "Q5_0", "Q4_1", "Q4_0", "F16", "BF16", "F32"]
@@ -287,6 +329,9 @@ def _coerce(tp: Any, value: Any, key: str) -> Any:
             return None
         raise bad
     if origin is Literal:
+        if isinstance(value, bool):  # YAML 1.1 reads on/off/yes/no as booleans
+            words = ("on", "yes", "true") if value else ("off", "no", "false")
+            value = next((w for w in words if w in typing.get_args(tp)), value)
         if value in typing.get_args(tp):
             return value
         raise bad

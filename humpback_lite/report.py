@@ -10,10 +10,11 @@ from __future__ import annotations
 import html
 import io
 import json
+import re
 from pathlib import Path
 from typing import Any
 
-from .evaluate import curation_figures, data_stats
+from .evaluate import ABLATIONS, curation_figures, data_stats, last_round_model
 from .store import Run, read_jsonl, write_text
 
 EXAMPLE_CHARS = 700
@@ -138,7 +139,7 @@ def plot_scores(g: dict) -> str | None:
             ax.axvline(c["cutoff"], color="#e45756", linestyle="--", label=f"cutoff {c['cutoff']:.2f}")
             ax.legend(frameon=False, fontsize=8)
         ax.set_title(f"round {c['round']}: scored by {c['judge']}")
-        ax.set_xlabel("rubric score (1-5)")
+        ax.set_xlabel(f"{c.get('mode') or 'rubric'} score")
     axes[0][0].set_ylabel("pairs")
     return _svg(fig)
 
@@ -224,6 +225,37 @@ def _pct(v: float | None) -> str | None:
     return None if v is None else f"{v:.0%}"
 
 
+def _rate_ci(v: dict) -> str | None:
+    if not v:
+        return None
+    ci = v.get("ci")
+    return _pct(v["win_rate"]) + (f" [{ci[0]:.0%}-{ci[1]:.0%}]" if ci else "")
+
+
+def _ablation_html(ev: dict) -> list[str]:
+    """Curated vs random vs all vs seed-only, with intervals, and a plain verdict."""
+    diffs = ev.get("nll_diff") or {}
+    final = last_round_model(list(ev["models"]))
+    if not final or not any(a in ev["models"] for a in ABLATIONS):
+        return []
+    rows, verdicts = [], []
+    for other in ["M0", *[a for a in ABLATIONS if a in ev["models"]]]:
+        d = diffs.get(f"{final} - {other}")
+        w = ev["models"][final].get(f"vs_{other}") or {}
+        rows.append([f"{final} vs {other}", d and d["diff"], d and f"[{d['ci'][0]}, {d['ci'][1]}]", _rate_ci(w)])
+        if d:
+            real = d["ci"][1] < 0 or d["ci"][0] > 0
+            better = "better" if d["diff"] < 0 else "worse"
+            verdicts.append(f"{final} is {better} than {other} on held-out NLL"
+                            + ("" if real else " by less than the noise: the interval includes zero") + ".")
+    return ["<h3>Did curation help? (ablation)</h3>",
+            f"<p>{_e(final)}: seed + curated pairs; random: seed + as many pairs drawn at random from the same "
+            "candidates; all: seed + every candidate; M0: seed only. NLL difference per token (negative: the "
+            "curated model is better) with its 95 % paired-bootstrap interval over the held-out pairs.</p>",
+            _table(["comparison", "NLL difference", "95 % interval", "win rate"], rows, num={1}),
+            "<p>" + " ".join(_e(v) for v in verdicts) + "</p>"]
+
+
 def _pair_html(p: dict, kept: bool) -> str:
     answer = p["output"][:EXAMPLE_CHARS] + (" ..." if len(p["output"]) > EXAMPLE_CHARS else "")
     status = "<span class=\"tag keep\">kept</span>" if kept else "<span class=\"tag drop\">dropped</span>"
@@ -242,19 +274,22 @@ def render(g: dict) -> str:
         rows = []
         for n, v in ev["models"].items():
             b, z = v.get("vs_base") or {}, v.get("vs_M0") or {}
-            rows.append([n, v["nll"], v["ppl"], _pct(b.get("win_rate")),
-                         f"{b['win']}/{b['tie']}/{b['loss']}" if b else None, _pct(z.get("win_rate")),
-                         f"{z['win']}/{z['tie']}/{z['loss']}" if z else None])
+            rows.append([n, v["nll"], v["ppl"], _rate_ci(b), f"{b['win']}/{b['tie']}/{b['loss']}" if b else None,
+                         _rate_ci(z), f"{z['win']}/{z['tie']}/{z['loss']}" if z else None,
+                         f"{v.get('looping', '-')} / {v.get('cut_at_limit', '-')}"])
         parts.append(f"<p>{ev['heldout']} held-out seed pairs the models never trained on. NLL: mean negative "
                      f"log-likelihood per token of the human answer. Win rate: answers compared by the judge "
-                     f"<b>{_e(ev['judge'])}</b> in both orders; a split verdict is a tie and counts half. "
-                     f"This judge prefers the answer it reads first with probability "
-                     f"{_pct(ev.get('position_bias')) or '?'} (50 % = no position bias).</p>")
-        parts.append(_table(["model", "NLL/token", "perplexity", "win vs base", "w/t/l", "win vs M0", "w/t/l"],
-                            rows, num={1, 2, 3, 5}))
+                     f"<b>{_e(ev['judge'])}</b> in both orders; a split verdict is a tie and counts half; "
+                     f"[95 % bootstrap interval]. This judge prefers the answer it reads first with probability "
+                     f"{_pct(ev.get('position_bias')) or '?'} (50 % = no position bias). Loops / cut: answers "
+                     f"that repeat themselves (30 % or more of their word 4-grams seen before) / answers cut at "
+                     f"the token limit.</p>")
+        parts.append(_table(["model", "NLL/token", "perplexity", "win vs base", "w/t/l", "win vs M0", "w/t/l",
+                             "loops / cut"], rows, num={1, 2, 3, 5}))
+        parts.extend(_ablation_html(ev))
         parts.append(_fig(plot_metrics(g), "Per model: held-out NLL and pairwise win rates."))
         if g["answers"]:
-            last = list(ev["models"])[-1]
+            last = last_round_model(list(ev["models"])) or list(ev["models"])[-1]
             parts.append(f"<h3>Held-out instructions: base vs {_e(last)}</h3>")
             for a in g["answers"]:
                 parts.append(f"<div class=\"pair\"><div class=\"q\">{_e(a['instruction'])}</div>"
@@ -269,13 +304,24 @@ def render(g: dict) -> str:
     parts.append(_fig(plot_funnel(g), "Corpus segments to curated pairs, per round."))
     if g["curation"]:
         parts.append(_table(
-            ["round", "judge", "candidates", "kept", "cutoff", "judge AUC", "injection flips", "agreement w/ previous judge"],
-            [[c["round"], c["judge"], c["candidates"], c["kept"], c["cutoff"], c["auc"], _pct(c["flip_rate"]),
-              c["agreement"]] for c in g["curation"]], num={2, 3, 4, 5}))
-        parts.append("<p class=\"muted\">Judge AUC: how often the judge scores a real pair above the same "
-                     "answer with a mismatched instruction (0.5 = chance). Injection flips: keep/drop verdicts "
-                     "changed by appending a rating request to the answer.</p>")
-    parts.append(_fig(plot_scores(g), "Rubric scores of the candidates in each round, with the selection cutoff."))
+            ["round", "judge", "mode", "candidates", "kept", "cutoff", "AUC", "AUC hard", "injection flips",
+             "harmless-line flips", "agreement w/ previous judge"],
+            [[c["round"], c["judge"], c.get("mode"), c["candidates"], c["kept"], c["cutoff"], c["auc"],
+              c.get("auc_hard"), _pct(c["flip_rate"]), _pct(c.get("benign_flip_rate")), c["agreement"]]
+             for c in g["curation"]], num={3, 4, 5, 6, 7}))
+        names = sorted({n for c in g["curation"] for n in c.get("auc_by_signal") or {}})
+        if names:
+            parts.append(_table(
+                ["round"] + [f"{n} AUC (mismatched / hard)" for n in names],
+                [[c["round"]] + [f"{(c['auc_by_signal'] or {}).get(n, '-')} / {(c['auc_hard_by_signal'] or {}).get(n, '-')}"
+                                 for n in names] for c in g["curation"]], num=set(range(1, len(names) + 1))))
+        parts.append("<p class=\"muted\">AUC: how often a real pair scores above the same instruction with an "
+                     "unrelated answer (mismatched) or with another segment of the same document (hard); 0.5 = "
+                     "chance, per signal in the second table. Injection flips: keep/drop verdicts changed by "
+                     "appending a rating request to the answer; harmless-line flips: the same for a neutral "
+                     "line, the noise floor the injection figure must exceed.</p>")
+    parts.append(_fig(plot_scores(g), "Curation scores of the candidates in each round (the mode's scale), "
+                                      "with the selection cutoff."))
     if g["train"]:
         parts.append(_table(["model", "train loss", "rows"],
                             [[_model_name(k), v[0], v[1]] for k, v in g["train"].items()], num={1, 2}))
@@ -335,7 +381,7 @@ def summary_table(g: dict[str, Any]):
     names = list(ev) or ["base"] + [f"M{k}" for k in range(len(g["curation"]) + 1)]
     for n in names:
         v = ev.get(n, {})
-        rows = g["train"].get(f"round_{int(n[1:]):02d}/train", (None, None))[1] if n != "base" else None
+        rows = g["train"].get(f"round_{int(n[1:]):02d}/train", (None, None))[1] if re.fullmatch(r"M\d+", n) else None
         t.add_row(n, str(v.get("nll", "-")), _pct((v.get("vs_base") or {}).get("win_rate")) or "-",
                   _pct((v.get("vs_M0") or {}).get("win_rate")) or "-", str(rows or "-"), kept.get(n, "-"))
     return t

@@ -120,22 +120,40 @@ def _load(weights: str, cfg: TrainConfig, seed: int):
 
 
 def fit_rows(rows: list[dict[str, Any]], tok, max_length: int) -> list[dict[str, Any]]:
-    """Shorten each row's `shrink` text (if any) so prompt + completion fit in max_length tokens.
-    TRL would otherwise cut from the right, losing the completion and so the whole row."""
+    """Make prompt + completion fit in max_length tokens without losing the end of the turn.
+
+    A row's `shrink` text (the answer inside a backward prompt) is shortened first. A completion
+    that still does not fit is cut at its last sentence or paragraph end that fits, so the row keeps
+    its end-of-turn token: TRL would cut from the right, and a model trained on answers that never
+    end learns to ramble to the token limit (seen as looping answers after curation rounds)."""
     out = []
     for r in rows:
+        prompt_text = tok.apply_chat_template(r["prompt"], add_generation_prompt=True, tokenize=False)
+        n_prompt = len(tok(prompt_text, add_special_tokens=False)["input_ids"])
+        answer = r["completion"][0]["content"]
+        comp_ids = tok(answer, add_special_tokens=False)["input_ids"]
+        n_comp = len(comp_ids) + 2  # + end-of-turn and newline
         shrink = r.get("shrink")
-        if shrink:
+        if shrink and n_prompt + n_comp > max_length:
+            ids = tok(shrink, add_special_tokens=False)["input_ids"]
+            short = tok.decode(ids[: max(16, len(ids) - (n_prompt + n_comp - max_length) - 8)])
+            r = {**r, "prompt": [dict(m, content=m["content"].replace(shrink, short)) for m in r["prompt"]]}
             prompt_text = tok.apply_chat_template(r["prompt"], add_generation_prompt=True, tokenize=False)
             n_prompt = len(tok(prompt_text, add_special_tokens=False)["input_ids"])
-            n_comp = len(tok(r["completion"][0]["content"], add_special_tokens=False)["input_ids"]) + 2
-            over = n_prompt + n_comp - max_length
-            if over > 0:
-                ids = tok(shrink, add_special_tokens=False)["input_ids"]
-                short = tok.decode(ids[: max(16, len(ids) - over - 8)])
-                r = {**r, "prompt": [dict(m, content=m["content"].replace(shrink, short)) for m in r["prompt"]]}
+        room = max_length - n_prompt - 2
+        if n_comp - 2 > room > 0:
+            r = {**r, "completion": [dict(r["completion"][0], content=_cut_at_sentence(tok.decode(comp_ids[:room])))]}
         out.append({"prompt": r["prompt"], "completion": r["completion"]})
     return out
+
+
+def _cut_at_sentence(text: str) -> str:
+    """`text` up to its last paragraph or sentence end, if that keeps at least half of it."""
+    ends = [text.rfind(m) for m in ("\n\n", ". ", ".\n", "? ", "! ")]
+    end = max(ends)
+    if end < len(text) // 2:
+        return text.rstrip()
+    return text[: end + 1].rstrip()
 
 
 def train_lora(

@@ -77,3 +77,95 @@ def test_pairs_from_other_tools_are_normalised():
     assert custom[0]["instruction"] == "why?"
     with pytest.raises(DataError, match=r"z.jsonl:1: no \(instruction, output\) pair found"):
         curate.normalize_pairs([{"text": "only text"}], "z.jsonl")
+
+
+# ----------------------------------------------------------------------------- likelihood signals
+
+from humpback_lite.recipe import CurateConfig, RecipeError  # noqa: E402
+from humpback_lite.signals import Scorer, combine, percentile_ranks  # noqa: E402
+
+LIST_Q = "What is a Python list and how do you add items to it?"
+DICT_Q = "How do you read a file line by line in Python?"
+DICT_A = ("Open the file with a with statement and iterate over the file object: for line in open(path) "
+          "gives one line at a time, including its newline, without reading the whole file into memory.")
+
+
+@pytest.mark.parametrize("signal", ["pmi", "ifd"])
+def test_a_likelihood_signal_ranks_a_matched_pair_above_its_mismatched_twin(engine, signal):
+    s = Scorer(engine)
+    for q, right, wrong in ((LIST_Q, ANSWER, DICT_A), (DICT_Q, DICT_A, ANSWER)):
+        assert s.forward(q, right)[signal] > s.forward(q, wrong)[signal]
+
+
+def test_the_empty_instruction_pass_is_shared_between_pairs_with_the_same_answer(engine):
+    s = Scorer(engine)
+    a = s.forward(LIST_Q, ANSWER)
+    b = s.forward(DICT_Q, ANSWER)
+    assert a["uncond"] == b["uncond"] and len(s._uncond) == 1
+    assert a["pmi"] == pytest.approx(a["cond"] - a["uncond"], abs=2e-4)
+
+
+def test_backward_signal_ranks_the_instruction_that_the_answer_predicts(engine):
+    # the base model as a (weak) backward model: the answer about lists predicts the list question
+    s = Scorer(engine, backward_engine=engine)
+    assert s.backward(LIST_Q, ANSWER)["backward"] > s.backward(DICT_Q, ANSWER)["backward"]
+
+
+def test_every_record_keeps_every_signal_and_combined_mode_ranks_them(engine, tmp_path):
+    pairs = [{"id": "a", "instruction": LIST_Q, "output": ANSWER, "provenance": "doc1"},
+             {"id": "b", "instruction": LIST_Q, "output": DICT_A, "provenance": "doc1"},
+             {"id": "c", "instruction": DICT_Q, "output": DICT_A, "provenance": "doc2"}]
+    cfg = CurateConfig(mode="combined", combine=["pmi", "ifd"], top_fraction=0.5, checks=0)
+    curate.score_pairs(Scorer(engine), pairs, tmp_path / "s.jsonl", cfg)
+    recs = {r["id"]: r for r in curate.read_jsonl(tmp_path / "s.jsonl")}
+    assert set(recs["a"]["signals"]) >= {"rubric", "cond", "uncond", "pmi", "ifd"}
+    assert recs["a"]["score"] > recs["b"]["score"]  # matched above mismatched
+    assert all(0 <= r["score"] <= 1 for r in recs.values())
+
+
+def test_self_checks_give_auc_per_signal_with_hard_negatives_and_a_benign_control(engine, tmp_path):
+    pairs = [{"id": f"p{i}", "instruction": q, "output": a, "provenance": f"doc{i % 2}"}
+             for i, (q, a) in enumerate([(LIST_Q, ANSWER), (DICT_Q, DICT_A),
+                                         ("What does len() return for a list?", "len(x) returns the number of items in x."),
+                                         ("How do you sort a list?", "Call sorted(x) for a new list or x.sort() in place.")])]
+    cfg = CurateConfig(mode="pmi", signals=["pmi"], top_fraction=0.5, checks=4, injection_checks=1)
+    scorer = Scorer(engine)
+    curate.score_pairs(scorer, pairs, tmp_path / "s.jsonl", cfg)
+    scored = curate.read_jsonl(tmp_path / "s.jsonl")
+    out = curate.self_check(scorer, pairs, scored, cfg, tmp_path / "c.jsonl")
+    checks = curate.read_jsonl(tmp_path / "c.jsonl")
+    kinds = {r["kind"] for r in checks}
+    assert kinds == {"mismatched", "hard", "injected", "benign"}
+    assert out["auc"] is not None and out["auc_by_signal"]["pmi"] == out["auc"]
+    assert out["hard_checks"] == 4 and out["auc_hard"] is not None
+    flips = curate.flip_rate(scored, checks, cut=curate.cutoff(curate.select(scored, top_fraction=0.5), 4))
+    assert flips["injection_checks"] == len(curate.INJECTIONS) and flips["benign_checks"] == len(curate.BENIGN)
+
+
+def test_selection_drops_near_duplicate_instructions_and_caps_each_source():
+    from collections import Counter
+
+    scored = [{"id": "a", "score": 0.9, "instruction": "How do I sort a list in Python?", "provenance": "d1"},
+              {"id": "b", "score": 0.8, "instruction": "How do I sort a list in Python quickly?", "provenance": "d2"},
+              {"id": "c", "score": 0.7, "instruction": "What is a tuple?", "provenance": "d1"},
+              {"id": "d", "score": 0.6, "instruction": "Explain generators.", "provenance": "d1"},
+              {"id": "e", "score": 0.5, "instruction": "What does yield do?", "provenance": "d3"}]
+    dropped = Counter()
+    kept = curate.select(scored, target_count=3, dedup=0.5, max_per_source=2, dropped=dropped)
+    assert [r["id"] for r in kept] == ["a", "c", "e"]
+    assert dropped == {"near_duplicate_instruction": 1, "per_source_cap": 1}
+    assert [r["id"] for r in curate.select(scored, target_count=3)] == ["a", "b", "c"]
+
+
+def test_percentile_ranks_and_rank_average():
+    assert percentile_ranks([3.0, 1.0, 2.0]) == [1.0, 0.0, 0.5]
+    assert percentile_ranks([1.0, 1.0]) == [0.5, 0.5]
+    recs = [{"signals": {"x": 1, "y": 3}}, {"signals": {"x": 2, "y": 2}}, {"signals": {"x": 3}}]
+    assert combine(recs, ["x", "y"]) == [0.5, 0.5, None]
+
+
+def test_likelihood_modes_need_a_ranking_rule_and_known_signals():
+    with pytest.raises(RecipeError, match="top_fraction: mode pmi ranks pairs"):
+        CurateConfig(mode="pmi")
+    with pytest.raises(RecipeError, match=r"signals: unknown signal\(s\) \['bleu'\]"):
+        CurateConfig(signals=["bleu"])

@@ -146,3 +146,32 @@ def test_overlong_pairs_are_cut_or_skipped_not_fatal(model_gguf):
         assert 0.0 <= Judge(e).p_first(long_text, long_text, long_text) <= 1.0
     finally:
         e.close()
+
+
+def test_repetition_share_spots_an_answer_that_loops():
+    from humpback_lite.evaluate import repetition
+
+    loop = "A compiler translates code. " * 4
+    assert repetition(loop) > 0.5
+    assert repetition("A compiler translates source code into machine code that the CPU runs.") == 0.0
+    assert repetition("too short") == 0.0
+
+
+def test_bootstrap_intervals_have_known_answers():
+    from humpback_lite.evaluate import nll_diff_ci, win_rate_ci
+
+    assert win_rate_ci(["win"] * 10) == [1.0, 1.0]
+    lo, hi = win_rate_ci(["win", "loss"] * 10, b=500)
+    assert lo < 0.5 < hi
+    rows = [{"model": m, "id": str(i), "nll_sum": base + (-1.0 if m == "a" else 0.0), "tokens": 10}
+            for i, base in enumerate([20.0, 30.0, 25.0, 40.0]) for m in ("a", "b")]
+    d = nll_diff_ci(rows, "a", "b", n_boot=300)
+    assert d["diff"] == pytest.approx(-0.1) and d["ci"] == [pytest.approx(-0.1), pytest.approx(-0.1)]
+    assert nll_diff_ci(rows, "a", "missing") is None
+
+
+def test_final_model_meets_each_ablation_model():
+    from humpback_lite.evaluate import matchups_of
+
+    m = matchups_of(["base", "M0", "M1", "random", "all"])
+    assert ("M1", "random") in m and ("M1", "all") in m and ("random", "base") in m and ("M0", "M0") not in m

@@ -16,7 +16,8 @@ from humpback_lite.engine import Engine
 from humpback_lite.store import read_jsonl
 
 STAGES = ["seed", "corpus", "backward", "augment", "round_00/train", "round_01/score", "round_01/select",
-          "round_01/train", "round_02/score", "round_02/select", "round_02/train", "evaluate", "export"]
+          "round_01/train", "round_02/score", "round_02/select", "round_02/train", "ablation_random", "ablation_all",
+          "evaluate", "export"]
 
 
 def _finished(run_dir):
@@ -181,7 +182,7 @@ def test_stage_commands_chain_on_plain_files(tiny_run, tmp_path):
 def test_evaluate_stage_scores_base_and_every_round(tiny_run):
     metrics = json.loads((tiny_run / "evaluate" / "metrics.json").read_text())
     assert metrics["heldout"] == 3 and metrics["judge"] == "final model (M2)"
-    assert list(metrics["models"]) == ["base", "M0", "M1", "M2"]
+    assert list(metrics["models"]) == ["base", "M0", "M1", "M2", "random", "all"]  # tiny.yaml has the ablation
     for name, m in metrics["models"].items():
         assert m["nll"] > 0 and m["ppl"] > 1
         if name != "base":
@@ -192,9 +193,10 @@ def test_evaluate_stage_scores_base_and_every_round(tiny_run):
     assert [c["round"] for c in metrics["curation"]] == [1, 2] and metrics["data"]["segments"] == 6
     assert set(metrics["models"]["M2"]) >= {"vs_base", "vs_M0"}
     judgments = read_jsonl(tiny_run / "evaluate" / "judgments.jsonl")
-    assert len(judgments) == (3 + 2) * 3  # M0..M2 vs base, M1..M2 vs M0
+    # M0..M2, random, all vs base; M1, M2, random, all vs M0; M2 vs random and all
+    assert len(judgments) == (5 + 4 + 2) * 3
     assert all(0 <= j["p_a_first"] <= 1 and 0 <= j["p_a_second"] <= 1 for j in judgments)
-    assert len(read_jsonl(tiny_run / "evaluate" / "answers.jsonl")) == 4 * 3
+    assert len(read_jsonl(tiny_run / "evaluate" / "answers.jsonl")) == 6 * 3
 
 
 def test_report_is_one_self_contained_page_with_the_figures(tiny_run):
@@ -303,3 +305,20 @@ def test_report_of_a_run_without_evaluation_says_how_to_get_it(tiny_run, tmp_pat
     page = write_report(copy).read_text()
     assert "No evaluation in this run" in page and "humpback evaluate RUN" in page
     assert page.count("<svg") == 3  # funnel, score histograms, lengths
+
+
+def test_ablation_compares_curated_with_random_and_all_with_intervals(tiny_run):
+    m = json.loads((tiny_run / "evaluate" / "metrics.json").read_text())
+    assert {"random", "all"} <= set(m["models"])
+    stages = json.loads((tiny_run / "manifest.json").read_text())["stages"]
+    kept = stages["round_02/select"]["counts"]["kept"]
+    assert stages["ablation_random"]["counts"]["augmented_rows"] == kept
+    assert stages["ablation_all"]["counts"]["augmented_rows"] == stages["round_02/select"]["counts"]["candidates"] - \
+        sum(1 for s in read_jsonl(tiny_run / "round_02" / "score" / "scored.jsonl") if s["score"] is None)
+    for other in ("M0", "random", "all"):
+        d = m["nll_diff"][f"M2 - {other}"]
+        assert d["ci"][0] <= d["diff"] <= d["ci"][1]
+        assert "ci" in m["models"]["M2"][f"vs_{other}"]
+    assert all("looping" in v and "cut_at_limit" in v for v in m["models"].values())
+    page = (tiny_run / "report" / "index.html").read_text()
+    assert "Did curation help? (ablation)" in page and "M2 vs random" in page

@@ -30,7 +30,7 @@ def test_unknown_key_names_the_dotted_key_and_suggests():
 def test_wrong_type_names_key_and_allowed_type():
     with pytest.raises(RecipeError, match=r"rounds: expected int, got 'two'"):
         from_dict({"rounds": "two"})
-    with pytest.raises(RecipeError, match=r"curate\.mode: expected one of 'expected', 'greedy', 'reasoning', got 'vibes'"):
+    with pytest.raises(RecipeError, match=r"curate\.mode: expected one of 'expected', 'greedy', .*'combined', got 'vibes'"):
         from_dict({}, ["curate.mode=vibes"])
 
 
@@ -49,3 +49,11 @@ def test_bad_override_syntax_is_explained():
 def test_missing_recipe_file_is_a_clear_error(tmp_path):
     with pytest.raises(RecipeError, match="file not found"):
         load_recipe(tmp_path / "nope.yaml")
+
+
+def test_extra_buffers_accepts_yaml_on_off_and_names_a_bad_value():
+    # YAML 1.1 reads bare on/off as booleans; the recipe means the words
+    assert from_dict({"engine": {"extra_buffers": False}}).engine.extra_buffers == "off"
+    assert from_dict({}, ["engine.extra_buffers=on"]).engine.extra_buffers == "on"
+    with pytest.raises(RecipeError, match=r"engine\.extra_buffers: expected one of 'auto', 'on', 'off'"):
+        from_dict({}, ["engine.extra_buffers=sometimes"])

@@ -1,0 +1,128 @@
+"""Crashes inside llama.cpp are never silent.
+
+A segmentation fault or abort in C code kills the process before Python can say anything, and
+llama.cpp's own log is silenced while a model loads. So, once per process:
+- `faulthandler` writes the Python stack of every thread to the terminal (a copy of stderr taken
+  before anything silences it);
+- a small watcher process learns, through a pipe, which llama.cpp operation is in flight
+  ("generate on model.bf16.gguf + adapter.gguf"). If the pipe closes while one is, the process died
+  inside it (a crash, or a kill such as the out-of-memory killer): the watcher says so, with the
+  last lines llama.cpp logged while silenced.
+
+Why a process and not a signal handler: Python cannot run code in a SIGSEGV handler safely, and a
+crash can leave the heap locked; a separate process needs nothing from the dying one.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import faulthandler
+import os
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+_WATCHER = r"""
+import os, signal, sys
+signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
+log = sys.argv[1]
+op = None
+for line in sys.stdin:
+    kind, _, what = line.rstrip("\n").partition(" ")
+    op = what if kind == "B" else None
+if op is not None:
+    tail = ""
+    try:
+        with open(log, errors="replace") as f:
+            lines = [x for x in f.read().splitlines() if x.strip()][-12:]
+        if lines:
+            tail = "\nllama.cpp's last captured log lines:\n  " + "\n  ".join(lines)
+    except OSError:
+        pass
+    sys.stderr.write(
+        f"\nhumpback: the process died inside llama.cpp during {op}: a crash in llama.cpp, or the "
+        f"process was killed (out of memory?).{tail}\n"
+        "If this CPU has AMX (Intel Xeon 4th gen or later), engine.extra_buffers=off avoids a known "
+        "llama.cpp crash. HUMPBACK_VERBOSE=1 shows llama.cpp's whole log.\n")
+with __import__("contextlib").suppress(OSError):
+    os.unlink(log)
+"""
+
+
+class _Guard:
+    def __init__(self) -> None:
+        self.pid = os.getpid()
+        fd, self.log = tempfile.mkstemp(prefix="humpback-llama-", suffix=".log")
+        os.close(fd)
+        # A copy of the terminal's stderr, taken before any redirection silences fd 2.
+        self.terminal = os.fdopen(os.dup(2), "w", buffering=1)
+        if not faulthandler.is_enabled():
+            faulthandler.enable(file=self.terminal, all_threads=True)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", _WATCHER, self.log], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+            stderr=self.terminal, text=True, bufsize=1)
+        atexit.register(self.close)
+
+    def send(self, line: str) -> None:
+        if os.getpid() != self.pid:  # a forked child must not speak for its parent
+            return
+        with contextlib.suppress(OSError, ValueError):
+            self.proc.stdin.write(line + "\n")
+            self.proc.stdin.flush()
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError, ValueError):
+            self.proc.stdin.close()
+
+
+_guard: _Guard | None = None
+
+
+def install() -> _Guard:
+    """Start the guard (idempotent). Call it before anything redirects stderr."""
+    global _guard
+    if _guard is None or _guard.pid != os.getpid():
+        _guard = _Guard()
+    return _guard
+
+
+@contextlib.contextmanager
+def operation(what: str) -> Iterator[None]:
+    """A call into llama.cpp: if the process dies inside it, the watcher names `what`."""
+    guard = install()
+    guard.send(f"B {what}")
+    try:
+        yield
+    finally:
+        guard.send("E")
+
+
+@contextlib.contextmanager
+def captured_stderr() -> Iterator[Path]:
+    """Send fd 2 (where llama.cpp logs from C) to the guard's log file, truncated first; yields its
+    path so a caller can quote the log in an error message."""
+    guard = install()
+    sys.stderr.flush()
+    saved = os.dup(2)
+    target = os.open(guard.log, os.O_WRONLY | os.O_TRUNC | os.O_CREAT, 0o600)
+    try:
+        os.dup2(target, 2)
+        yield Path(guard.log)
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(target)
+
+
+def log_tail(n: int = 8) -> str:
+    """The last non-empty lines llama.cpp logged while captured."""
+    if _guard is None:
+        return ""
+    try:
+        lines = [x for x in Path(_guard.log).read_text(errors="replace").splitlines() if x.strip()]
+    except OSError:
+        return ""
+    return "\n".join(lines[-n:])

@@ -1,0 +1,32 @@
+"""A crash inside llama.cpp is reported with the model and operation, never silently."""
+
+import subprocess
+import sys
+
+CRASH = """
+import os, signal
+from humpback_lite import crashguard
+with crashguard.captured_stderr():
+    os.write(2, b"llama_model_load: error loading model tensors\\n")
+with crashguard.operation("generate on model.bf16.gguf + adapter.gguf"):
+    {body}
+"""
+
+
+def _run(body: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", CRASH.format(body=body)], capture_output=True, text=True, timeout=60)
+
+
+def test_a_segfault_inside_an_operation_names_model_operation_and_llama_log():
+    p = _run("os.kill(os.getpid(), signal.SIGSEGV)")
+    assert p.returncode == -11
+    assert "Fatal Python error: Segmentation fault" in p.stderr  # faulthandler, on the real stderr
+    assert "died inside llama.cpp during generate on model.bf16.gguf + adapter.gguf" in p.stderr
+    assert "llama_model_load: error loading model tensors" in p.stderr  # the silenced log, quoted
+
+
+def test_a_clean_exit_or_a_python_error_says_nothing_about_llama_cpp():
+    ok = _run("pass")
+    assert ok.returncode == 0 and "llama.cpp" not in ok.stderr
+    err = _run("raise KeyError('x')")
+    assert err.returncode == 1 and "KeyError" in err.stderr and "died inside" not in err.stderr
