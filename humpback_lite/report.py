@@ -225,6 +225,10 @@ def _pct(v: float | None) -> str | None:
     return None if v is None else f"{v:.0%}"
 
 
+def _or_dash(v: Any) -> str:
+    return "-" if v is None else str(v)
+
+
 def _rate_ci(v: dict) -> str | None:
     if not v:
         return None
@@ -313,8 +317,9 @@ def render(g: dict) -> str:
         if names:
             parts.append(_table(
                 ["round"] + [f"{n} AUC (mismatched / hard)" for n in names],
-                [[c["round"]] + [f"{(c['auc_by_signal'] or {}).get(n, '-')} / {(c['auc_hard_by_signal'] or {}).get(n, '-')}"
-                                 for n in names] for c in g["curation"]], num=set(range(1, len(names) + 1))))
+                [[c["round"]] + [f"{_or_dash((c['auc_by_signal'] or {}).get(n))} / "
+                                 f"{_or_dash((c['auc_hard_by_signal'] or {}).get(n))}" for n in names]
+                 for c in g["curation"]], num=set(range(1, len(names) + 1))))
         parts.append("<p class=\"muted\">AUC: how often a real pair scores above the same instruction with an "
                      "unrelated answer (mismatched) or with another segment of the same document (hard); 0.5 = "
                      "chance, per signal in the second table. Injection flips: keep/drop verdicts changed by "
