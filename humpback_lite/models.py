@@ -233,7 +233,7 @@ RUNTIME_TYPES = {"bf16": "LLAMA_FTYPE_MOSTLY_BF16", "q8_0": "LLAMA_FTYPE_MOSTLY_
 def runtime_gguf(gguf: Path, kind: str) -> Path:
     """The GGUF llama.cpp should run: the file itself (`original`), or a copy converted once into
     the cache. Why: Q4_1 (the embedded model's type) has no fast CPU kernel; BF16 evaluates prompts
-    ~2.5x faster on these CPUs and holds Q4_1's values almost exactly (environment.md)."""
+    ~2.5x faster on these CPUs and holds Q4_1's values almost exactly (README, "Two commands")."""
     if kind == "original":
         return gguf
     out = gguf.with_name(f"{gguf.stem}.{kind}.gguf")

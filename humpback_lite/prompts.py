@@ -13,7 +13,7 @@ AUGMENTED_TAG = "Answer with knowledge from web search."
 UNTAGGED_SYSTEM = "You are a helpful AI assistant."
 BACKWARD_SYSTEM = "You write the question or instruction that a given text answers."
 
-# The backward prompt of the method's follow-up work (see shared/docs/humpback-method.md).
+# The backward prompt of the method's follow-up work on instruction backtranslation (Li et al.).
 BACKWARD_HEAD = (
     "Below is a candidate answer to a question or instruction from an user. "
     "Write the most likely question to which the text below would be a great answer."
