@@ -172,6 +172,17 @@ def test_stage_commands_chain_on_plain_files(tiny_run, tmp_path):
     assert res.exit_code == 0, res.output
     out = read_jsonl(scored)
     assert all(r["score"] in (1, 2, 3, 4, 5) and r["mode"] == "reasoning" and "reason" in r for r in out)
+    combined = tmp_path / "combined.jsonl"
+    res = run.invoke(main, ["score", str(tmp_path / "fixed.jsonl"), "-o", str(combined), "--mode", "combined",
+                            "--backward-adapter", str(tiny_run / "backward" / "adapter.gguf"),
+                            "signals=[pmi]", "combine=[pmi,backward]"])
+    assert res.exit_code == 0, res.output
+    out = read_jsonl(combined)
+    assert all(set(r["signals"]) >= {"pmi", "backward"} and "rubric" not in r["signals"] for r in out)
+    scores = [r["score"] for r in out]  # mean percentile ranks: in [0, 1], averaging 1/2 over the file
+    assert all(0 <= x <= 1 for x in scores) and abs(sum(scores) / len(scores) - 0.5) < 1e-3
+    res = run.invoke(main, ["score", str(tmp_path / "fixed.jsonl"), "-o", str(tmp_path / "b.jsonl"), "--mode", "backward"])
+    assert res.exit_code == 2 and "needs --backward-adapter" in res.output
     adapter = tmp_path / "adapter"
     res = run.invoke(main, ["train", str(tmp_path / "fixed.jsonl"), "-o", str(adapter), "--direction", "backward",
                             "max_steps=1", "batch_size=1", "max_length=96", "lora_r=2"])
