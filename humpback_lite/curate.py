@@ -23,6 +23,7 @@ harmless appended lines cause (the judge's noise floor).
 
 from __future__ import annotations
 
+import bisect
 import random
 import re
 from collections import Counter
@@ -32,7 +33,7 @@ from pathlib import Path
 from . import prompts
 from .engine import Engine
 from .recipe import CurateConfig
-from .signals import RUBRIC_MODES, SIGNALS, Scorer, combine
+from .signals import RUBRIC_MODES, SIGNALS, Scorer, combine, ranks
 from .store import DataError, JsonlAppender, read_jsonl, write_jsonl
 
 _FREE_SCORE = re.compile(r"score\s*:\s*([1-5])", re.IGNORECASE)
@@ -248,20 +249,6 @@ def auc(positives: list[float], negatives: list[float]) -> float | None:
     return wins / (len(positives) * len(negatives))
 
 
-def _ranks(xs: list[float]) -> list[float]:
-    order = sorted(range(len(xs)), key=lambda i: xs[i])
-    ranks = [0.0] * len(xs)
-    i = 0
-    while i < len(order):
-        j = i
-        while j + 1 < len(order) and xs[order[j + 1]] == xs[order[i]]:
-            j += 1
-        for k in range(i, j + 1):
-            ranks[order[k]] = (i + j) / 2
-        i = j + 1
-    return ranks
-
-
 def pearson(a: list[float], b: list[float]) -> float | None:
     n = len(a)
     if n < 3:
@@ -279,7 +266,7 @@ def agreement(prev: list[dict], cur: list[dict]) -> dict:
     p = {r["id"]: r["score"] for r in prev if r.get("score") is not None}
     both = [(p[r["id"]], r["score"]) for r in cur if r.get("score") is not None and r["id"] in p]
     a, b = [x for x, _ in both], [y for _, y in both]
-    sp = pearson(_ranks(a), _ranks(b))
+    sp = pearson(ranks(a), ranks(b))
     pe = pearson(a, b)
     return {"spearman": round(sp, 4) if sp is not None else None,
             "pearson": round(pe, 4) if pe is not None else None, "n": len(both)}
@@ -358,8 +345,6 @@ def score_checks(records: list[dict], scored: list[dict], cfg: CurateConfig) -> 
 
 
 def _share_below(pool: list[float], v: float) -> float:
-    import bisect
-
     lo, hi = bisect.bisect_left(pool, v), bisect.bisect_right(pool, v)
     return ((lo + hi) / 2) / len(pool)
 

@@ -319,7 +319,8 @@ def curation_figures(run: Run) -> list[dict]:
         score = (stages.get(f"round_{r:02d}/score") or {}).get("counts") or {}
         select = (stages.get(f"round_{r:02d}/select") or {}).get("counts") or {}
         path = run.dir(f"round_{r:02d}/score") / "scored.jsonl"
-        scores = [s["score"] for s in read_jsonl(path) if s.get("score") is not None] if path.exists() else []
+        records = read_jsonl(path) if path.exists() else []
+        scores = [s["score"] for s in records if s.get("score") is not None]
         agreement = score.get("agreement_with_prev_judge")
         out.append({
             "round": r, "judge": f"M{r - 1}", "candidates": select.get("candidates", len(scores)),
@@ -327,7 +328,7 @@ def curation_figures(run: Run) -> list[dict]:
             "auc": score.get("auc"), "auc_hard": score.get("auc_hard"),
             "auc_by_signal": score.get("auc_by_signal") or {}, "auc_hard_by_signal": score.get("auc_hard_by_signal") or {},
             "flip_rate": select.get("injection_flip_rate"), "benign_flip_rate": select.get("benign_flip_rate"),
-            "mode": next((s.get("mode") for s in read_jsonl(path)), None) if path.exists() else None,
+            "mode": next((s.get("mode") for s in records), None),
             "agreement": agreement.get("spearman") if isinstance(agreement, dict) else agreement,
             "scores": scores,
         })

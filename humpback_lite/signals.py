@@ -87,22 +87,26 @@ class Scorer:
         return out
 
 
-def percentile_ranks(values: list[float]) -> list[float]:
-    """Each value's rank among `values` scaled to [0, 1] (ties share their mean rank)."""
-    n = len(values)
-    if n == 1:
-        return [0.5]
-    order = sorted(range(n), key=lambda i: values[i])
-    ranks = [0.0] * n
+def ranks(values: list[float]) -> list[float]:
+    """0-based ranks of `values`; ties share their mean rank."""
+    order = sorted(range(len(values)), key=lambda i: values[i])
+    out = [0.0] * len(values)
     i = 0
-    while i < n:
+    while i < len(order):
         j = i
-        while j + 1 < n and values[order[j + 1]] == values[order[i]]:
+        while j + 1 < len(order) and values[order[j + 1]] == values[order[i]]:
             j += 1
         for k in range(i, j + 1):
-            ranks[order[k]] = (i + j) / 2 / (n - 1)
+            out[order[k]] = (i + j) / 2
         i = j + 1
-    return ranks
+    return out
+
+
+def percentile_ranks(values: list[float]) -> list[float]:
+    """Each value's rank among `values` scaled to [0, 1] (ties share their mean rank)."""
+    if len(values) == 1:
+        return [0.5]
+    return [r / (len(values) - 1) for r in ranks(values)]
 
 
 def combine(records: list[dict], names: Sequence[str]) -> list[float | None]:
