@@ -11,10 +11,11 @@ import hashlib
 from collections.abc import Callable
 from pathlib import Path
 
-from . import prompts
+from . import prompts, ui
 from .engine import Engine
+from .engines import EngineFactory
 from .recipe import AugmentConfig
-from .store import JsonlAppender
+from .store import JsonlAppender, read_jsonl
 
 
 def item_seed(seed: int, item_id: str) -> int:
@@ -55,10 +56,27 @@ def augment(
                 "id": seg["id"],
                 "instruction": prompts.clean_instruction(raw),
                 "output": seg["text"],
-                "provenance": seg.get("source", ""),
+                "provenance": seg.get("provenance", seg.get("source", "")),  # older segment files: `source`
                 "raw": raw,
             })
             new += 1
             if on_item:
                 on_item()
     return {"pairs": len(done) + new, "resumed_from": len(done)}
+
+
+def run(segments: Path, out: Path, cfg: AugmentConfig, engines: EngineFactory, adapter: Path | None,
+        seed: int = 0, progress=ui.progress) -> dict[str, int]:
+    """The augment stage: `segments` (JSONL with `text`; `id` assigned by line when missing) ->
+    `out` (pairs, appended and resumable), written by the backward model `adapter`."""
+    rows = read_jsonl(segments, required=("text",))
+    for i, r in enumerate(rows):
+        r.setdefault("id", f"seg-{i:06d}")
+    engine = engines(adapter)
+    try:
+        with progress("augment", len(rows)) as advance:
+            counts = augment(engine, rows, out, cfg, seed, on_item=advance)
+    finally:
+        engine.close()
+    counts["empty_instructions"] = sum(1 for p in read_jsonl(out) if not p["instruction"].strip())
+    return counts

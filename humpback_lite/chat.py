@@ -49,7 +49,10 @@ class Chat:
         budget = min(self.max_tokens, self.engine.n_ctx - len(self.engine.tokenize(prompt)))
         if budget < 1:
             self.history.pop()
-            raise ValueError(f"message too long for the context ({self.engine.n_ctx} tokens)")
+            from .models import ContextError
+
+            raise ContextError(f"message too long for the context ({self.engine.n_ctx} tokens): shorten it, "
+                               "or start the chat with a larger --n-ctx")
         answer = self.engine.generate(prompt, max_tokens=budget, temperature=self.temperature,
                                       seed=self.seed + len(self.history)).strip()
         self.history.append({"role": "assistant", "content": answer})

@@ -19,8 +19,9 @@ def _errors() -> tuple[type[BaseException], ...]:
     from .models import ModelError
     from .recipe import RecipeError
     from .store import DataError
+    from .train import TrainError
 
-    return (RecipeError, DataError, ModelError, CorpusError, AdapterError, PushError, OSError)
+    return (RecipeError, DataError, ModelError, CorpusError, AdapterError, PushError, TrainError, OSError)
 
 
 class _Group(click.Group):
@@ -47,15 +48,12 @@ def engine_options(f):
     return click.option("--n-ctx", default=2048, show_default=True)(f)
 
 
-def _engine(model: str | Path, adapter: str | Path | None, n_ctx: int, extra_buffers: str, seed: int = 0,
-            runtime_type: str = "bf16"):
-    """The engine the loop would build for this model (same runtime tensor type and settings)."""
-    from .engine import Engine
-    from .models import fetch, get_card
+def _engines(model: str | Path, n_ctx: int, extra_buffers: str, seed: int = 0, runtime_type: str = "bf16"):
+    """`adapter -> Engine` as the loop builds it for this model (same runtime tensor type)."""
+    from .engines import factory
     from .recipe import EngineConfig
 
-    cfg = EngineConfig(n_ctx=n_ctx, extra_buffers=extra_buffers, runtime_type=runtime_type)
-    return Engine.from_config(fetch(get_card(str(model))), cfg, adapter=adapter, seed=seed)
+    return factory(model, EngineConfig(n_ctx=n_ctx, extra_buffers=extra_buffers, runtime_type=runtime_type), seed)
 
 
 # ----------------------------------------------------------------------------- the loop
@@ -158,7 +156,7 @@ def chat(run_dir: str | None, model: str, adapter: str | None, system: str | Non
     /reset starts over."""
     from . import prompts
     from .chat import Chat, run_model
-    from .models import ModelError, fetch, get_card
+    from .models import ContextError, ModelError, fetch, get_card
     from .ui import console
 
     if run_dir:
@@ -168,7 +166,7 @@ def chat(run_dir: str | None, model: str, adapter: str | None, system: str | Non
     else:
         raise ModelError("give a run folder or --adapter")
     # The file as it is: chat generates token by token, where Q8_0 (the merged export) beats BF16.
-    engine = _engine(gguf, lora, n_ctx, extra_buffers, runtime_type="original")
+    engine = _engines(gguf, n_ctx, extra_buffers, runtime_type="original")(lora)
     session = Chat(engine, system or prompts.SEED_TAG, max_tokens=max_tokens, temperature=temperature)
     console.print(f"chatting with {gguf.name}" + (f" + {lora.name}" if lora else "") + "; /exit quits, /reset starts over",
                   highlight=False, soft_wrap=True)
@@ -184,7 +182,10 @@ def chat(run_dir: str | None, model: str, adapter: str | None, system: str | Non
                 session.history.clear()
                 continue
             if text.strip():
-                console.print(f"[bold cyan]model>[/] {session.reply(text)}", highlight=False, soft_wrap=True)
+                try:
+                    console.print(f"[bold cyan]model>[/] {session.reply(text)}", highlight=False, soft_wrap=True)
+                except ContextError as e:  # the conversation goes on
+                    console.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
     finally:
         engine.close()
 
@@ -214,17 +215,28 @@ def _compact(v: object) -> str:
 def _print_status(root: Path) -> None:
     from rich.table import Table
 
+    from .loop import load_run
+    from .recipe import RecipeError
     from .store import Run
     from .ui import console
 
     run_ = Run(root)
+    try:  # judged against the run's recipe: out-of-date stages and rounds it no longer has
+        states = load_run(root).states()
+    except RecipeError:
+        states = {}
     table = Table(title=f"run {root}")
     for col in ("stage", "status", "seconds", "counts"):
         table.add_column(col)
     for name, rec in run_.manifest["stages"].items():
         counts = {k: v for k, v in (rec.get("counts") or {}).items() if k not in _QUIET_COUNTS}
         shown = ", ".join(f"{k}={_compact(v)}" for k, v in counts.items())
-        table.add_row(name, rec["status"], f"{rec.get('seconds') or '':}", shown)
+        state = states.get(name, rec["status"])
+        style = {"done": "", "not in recipe": "dim", "out of date": "yellow"}.get(state, "yellow")
+        table.add_row(name, f"[{style}]{state}[/]" if style else state, f"{rec.get('seconds') or '':}", shown)
+    for name, state in states.items():
+        if name not in run_.manifest["stages"]:
+            table.add_row(name, f"[dim]{state}[/]", "", "")
     console.print(table)
 
 
@@ -266,27 +278,21 @@ def models() -> None:
 @click.option("--workers", type=int, default=None, help="Processes for extraction (default: auto, by input size).")
 def segment(inputs, output, min_chars, max_chars, max_segments, text_field, include, exclude, dedup,
             dedup_threshold, repetition, language, keep_headers, keep_boilerplate, workers) -> None:
-    """Split INPUTS into candidate answers (`text`, `source`, `heading`, `offset`).
+    """Split INPUTS into candidate answers (`text`, `provenance`, `heading`, `offset`).
 
     INPUTS: files or folders (.txt .md .html .warc .wet .jsonl .json .csv .parquet, each also
     .gz/.bz2/.xz/.zst), hf:owner/name[:config][:split], or pydoc:topics."""
-    from .corpus import CorpusError, Filters, input_bytes, write_segments
-    from .ui import console, funnel_table, progress
+    from . import corpus
+    from .ui import console, funnel_table
 
-    filters = Filters(min_chars=min_chars, max_chars=max_chars, repetition=repetition, headers=not keep_headers,
-                      boilerplate=not keep_boilerplate, language=language, dedup=dedup,
-                      dedup_threshold=dedup_threshold, text_field=text_field, include=list(include),
-                      exclude=list(exclude))
-    with progress("segment (bytes)", input_bytes(list(inputs))) as advance:
-        funnel = write_segments(list(inputs), output, filters, max_segments, on_bytes=advance, workers=workers)
-    for w in funnel.warnings:
-        console.print(f"[yellow]warning:[/] {w}", highlight=False, soft_wrap=True)
-    console.print(funnel_table(funnel.counts))
-    kept = funnel.counts["sampled"] or funnel.counts["kept"]
-    if not kept:
-        Path(output).unlink(missing_ok=True)
-        raise CorpusError(f"no segments of {min_chars}-{max_chars} characters found in {', '.join(inputs)}")
-    console.print(f"{kept} segments -> {output}")
+    filters = corpus.Filters(min_chars=min_chars, max_chars=max_chars, repetition=repetition, headers=not keep_headers,
+                             boilerplate=not keep_boilerplate, language=language, dedup=dedup,
+                             dedup_threshold=dedup_threshold, text_field=text_field, include=list(include),
+                             exclude=list(exclude))
+    warn = lambda w: console.print(w, highlight=False, soft_wrap=True)  # noqa: E731
+    counts = corpus.run(list(inputs), Path(output), filters, max_segments, workers=workers, warn=warn)
+    console.print(funnel_table(counts["funnel"]))
+    console.print(f"{counts['segments']} segments -> {output}")
 
 
 @main.command()
@@ -301,19 +307,13 @@ def segment(inputs, output, min_chars, max_chars, max_segments, text_field, incl
 @engine_options
 def augment(segments, output, model, adapter, temperature, top_p, max_new_tokens, seed, n_ctx, extra_buffers) -> None:
     """Write an instruction for every segment (self-augmentation with a backward model)."""
-    from .augment import augment as do_augment
+    from . import augment as stage
     from .recipe import AugmentConfig
-    from .store import read_jsonl
-    from .ui import console, progress
+    from .ui import console
 
-    rows = read_jsonl(segments, required=("text",))
-    for i, r in enumerate(rows):
-        r.setdefault("id", f"seg-{i:06d}")
     cfg = AugmentConfig(temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens)
-    engine = _engine(model, adapter, n_ctx, extra_buffers, seed)
-    with progress("augment", len(rows)) as advance:
-        counts = do_augment(engine, rows, output, cfg, seed, on_item=advance)
-    engine.close()
+    counts = stage.run(Path(segments), Path(output), cfg, _engines(model, n_ctx, extra_buffers, seed),
+                       Path(adapter) if adapter else None, seed)
     console.print(f"{counts['pairs']} pairs -> {output}")
 
 
@@ -339,26 +339,18 @@ def score(pairs, output, model, adapter, mode, backward_adapter, instruction_fie
     PAIRS may be ours (instruction/output), Alpaca (instruction/input/output), ShareGPT
     (conversations) or messages (first user and assistant turn). OVERRIDES are curate keys, e.g.
     signals=[rubric,pmi,backward] combine=[pmi,backward]."""
-    from .curate import normalize_pairs, score_pairs, wanted_signals
+    from .curate import normalize_pairs, run_score, wanted_signals
     from .recipe import CurateConfig, build
-    from .signals import Scorer
     from .store import read_jsonl
-    from .ui import console, progress
+    from .ui import console
 
     cfg = build(CurateConfig, [f"mode={mode}", "top_fraction=1", *overrides], prefix="curate.")
     rows = normalize_pairs(read_jsonl(pairs), pairs, instruction_field, output_field)
     if "backward" in wanted_signals(cfg) and not backward_adapter:
         raise click.UsageError("the backward signal needs --backward-adapter (a backward model's adapter.gguf)")
-    engine = _engine(model, adapter, n_ctx, extra_buffers)
-    backward = _engine(model, backward_adapter, n_ctx, extra_buffers) if backward_adapter else None
-    scorer = Scorer(engine, backward, tags=not no_tags, max_answer_tokens=cfg.max_answer_tokens)
-    try:
-        with progress(f"score ({mode})", len(rows)) as advance:
-            summary = score_pairs(scorer, rows, output, cfg, on_item=advance)
-    finally:
-        engine.close()
-        if backward is not None:
-            backward.close()
+    summary = run_score(rows, Path(output), cfg, _engines(model, n_ctx, extra_buffers),
+                        judge=Path(adapter) if adapter else None,
+                        backward=Path(backward_adapter) if backward_adapter else None, tags=not no_tags)
     console.print(f"{summary['scored']} scored -> {output}; mean {summary['mean_score']}"
                   + (f"; rubric histogram {summary['histogram']}" if summary["histogram"] else ""))
 
@@ -377,25 +369,20 @@ def train(data, output, model, direction, no_tags, overrides) -> None:
     OVERRIDES are TrainConfig keys, e.g. epochs=2 lora_r=8 max_steps=10.
     """
     from . import prompts
-    from .adapters import peft_to_gguf
-    from .models import fetch, get_card
+    from . import train as stage
+    from .engines import resolve
+    from .models import get_card
     from .recipe import TrainConfig, build
     from .store import read_jsonl
-    from .train import prepare_weights, train_lora
-    from .ui import console, progress
+    from .ui import console
 
     cfg = build(TrainConfig, overrides, prefix="train.")
     rows = read_jsonl(data, required=("instruction", "output"))
     if direction == "backward":
         examples = [prompts.backward_row(r) for r in rows]
     else:
-        examples = [prompts.forward_row({**r, "kind": r.get("source", "seed")}, not no_tags) for r in rows]
-    card = get_card(model)
-    gguf = fetch(card)
-    weights = prepare_weights(card, gguf)
-    with progress("train", None) as advance:
-        stats = train_lora(examples, output, weights, cfg, progress=lambda s, t: advance(1, total=t))
-    peft_to_gguf(output, gguf, Path(output) / "adapter.gguf")
+        examples = [prompts.forward_row(r, not no_tags) for r in rows]  # `source`: seed (default) | augmented
+    stats = stage.run(examples, Path(output), Path(output) / "adapter.gguf", get_card(model), resolve(model), cfg)
     console.print(f"adapter -> {output} (+ adapter.gguf); {stats}")
 
 

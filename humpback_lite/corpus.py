@@ -25,6 +25,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 from .readers import CorpusError, Document, Funnel, documents, html_sections, input_bytes  # noqa: F401
 from .store import atomic_path
@@ -65,6 +66,11 @@ class Filters:
     text_field: str = "text"
     include: list[str] = field(default_factory=list)
     exclude: list[str] = field(default_factory=list)
+
+    @classmethod
+    def of(cls, data: Any) -> Filters:
+        """The filters a recipe's `data` section describes (same field names)."""
+        return cls(**{f.name: getattr(data, f.name) for f in dataclasses.fields(cls)})
 
 
 # ----------------------------------------------------------------------------- per document
@@ -253,7 +259,7 @@ def _default_workers(refs: list[str]) -> int:
 
 def iter_segments(refs: list[str], f: Filters, funnel: Funnel,
                   on_bytes: Callable[[int], None] | None = None, workers: int | None = None) -> Iterator[dict]:
-    """Yield `{"text", "source", "heading", "offset"}` for every segment that passes the filters.
+    """Yield `{"text", "provenance", "heading", "offset"}` for every segment that passes the filters.
     Per-document work runs in `workers` processes (HTML extraction dominates); order is kept."""
     exact: set[str] = set()
     near = NearDuplicates(f.dedup_threshold) if f.dedup == "minhash" else None
@@ -278,7 +284,7 @@ def iter_segments(refs: list[str], f: Filters, funnel: Funnel,
                             funnel.counts["dropped_near_duplicate"] += 1
                             continue
                     funnel.counts["kept"] += 1
-                    yield {"text": text, "source": source, "heading": heading, "offset": offset}
+                    yield {"text": text, "provenance": source, "heading": heading, "offset": offset}
     finally:
         if pool:
             pool.terminate()
@@ -335,3 +341,19 @@ def write_segments(refs: list[str], out: str | Path, filters: Filters, max_segme
             fh.write(json.dumps({"id": rec["id"], **{k: v for k, v in rec.items() if k != "id"}},
                                 ensure_ascii=False) + "\n")
     return funnel
+
+
+def run(refs: list[str], out: Path, filters: Filters, max_segments: int | None = None, seed: int = 0,
+        workers: int | None = None, progress=None, warn: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """The corpus stage: segment `refs` into `out`; an error (and no file) when nothing is left."""
+    from . import ui
+
+    with (progress or ui.progress)("segment (bytes)", input_bytes(refs)) as advance:
+        funnel = write_segments(refs, out, filters, max_segments, seed, on_bytes=advance, workers=workers)
+    for w in funnel.warnings:
+        (warn or ui.info)(f"[yellow]warning:[/] {w}")
+    kept = funnel.counts["sampled"] or funnel.counts["kept"]
+    if not kept:
+        Path(out).unlink(missing_ok=True)
+        raise CorpusError(f"no segments of {filters.min_chars}-{filters.max_chars} characters in {', '.join(refs)}")
+    return {"segments": kept, "funnel": dict(funnel.counts)}

@@ -30,8 +30,9 @@ from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
-from . import prompts
+from . import prompts, ui
 from .engine import Engine
+from .engines import EngineFactory
 from .recipe import CurateConfig
 from .signals import RUBRIC_MODES, SIGNALS, Scorer, combine, ranks
 from .store import DataError, JsonlAppender, read_jsonl, write_jsonl
@@ -407,3 +408,47 @@ def normalize_pairs(rows: list[dict], source: str, instruction_field: str | None
                             "Alpaca instruction/input/output, ShareGPT conversations or messages")
         out.append({"id": str(row.get("id", f"pair-{i - 1:06d}")), "instruction": inst, "output": out_text})
     return out
+
+
+# ----------------------------------------------------------------------------- the stages
+
+
+def run_score(pairs: list[dict], out: Path, cfg: CurateConfig, engines: EngineFactory, judge: Path | None,
+              backward: Path | None = None, tags: bool = True, checks: Path | None = None, seed: int = 0,
+              progress=ui.progress, label: str = "score") -> dict:
+    """The score stage: every pair scored by the `judge` adapter (and the `backward` model's for
+    the backward signal) into `out`, resumable; with `checks`, the self-checks written there."""
+    if "backward" in wanted_signals(cfg) and backward is None:
+        raise DataError("the backward signal needs the backward model's adapter (M_yx)")
+    engine = engines(judge)
+    back = engines(backward) if "backward" in wanted_signals(cfg) else None
+    scorer = Scorer(engine, back, tags=tags, max_answer_tokens=cfg.max_answer_tokens)
+    try:
+        usable = sum(1 for p in pairs if p["instruction"].strip())
+        n_checks = 0 if checks is None else min(cfg.checks, usable) * 2 + min(cfg.checks, usable, cfg.injection_checks) * (
+            len(INJECTIONS) + len(BENIGN))
+        with progress(f"{label} ({cfg.mode})", len(pairs) + n_checks) as advance:
+            counts = score_pairs(scorer, pairs, out, cfg, on_item=advance)
+            if checks is not None:
+                counts.update(self_check(scorer, pairs, read_jsonl(out), cfg, checks, seed=seed, on_item=advance))
+    finally:
+        engine.close()
+        if back is not None:
+            back.close()
+    return counts
+
+
+def run_select(scored_path: Path, checks_path: Path | None, out: Path, cfg: CurateConfig) -> dict:
+    """The select stage: the kept pairs of `scored_path` into `out`, with the round's figures."""
+    scored = read_jsonl(scored_path)
+    dropped: Counter = Counter()
+    kept = select(scored, cfg.threshold, cfg.top_fraction, cfg.target_count, cfg.dedup, cfg.max_per_source, dropped)
+    write_jsonl(out, kept)
+    cut = cutoff(kept, cfg.threshold)
+    counts = {"candidates": len(scored), "kept": len(kept),
+              "kept_share": round(len(kept) / len(scored), 4) if scored else 0.0,
+              "cutoff": round(cut, 4), "histogram": histogram(scored),
+              "would_keep": selection_table(scored), "dropped_for_diversity": dict(dropped)}
+    if checks_path is not None and checks_path.exists():
+        counts.update(flip_rate(scored, read_jsonl(checks_path), cut))
+    return counts

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Literal
 import numpy as np
 
 from . import crashguard
-from .models import ModelError, check_gguf, quiet_stderr, runtime_gguf
+from .models import ContextError, ModelError, check_gguf, quiet_stderr, runtime_gguf
 
 if TYPE_CHECKING:
     from .recipe import EngineConfig
@@ -319,7 +319,8 @@ class Engine:
 
     def _check_fits(self, tokens: list[int], new: int) -> None:
         if len(tokens) + new > self.n_ctx:
-            raise ValueError(f"prompt of {len(tokens)} tokens + {new} new does not fit n_ctx={self.n_ctx}")
+            raise ContextError(f"a prompt of {len(tokens)} tokens + {new} new tokens does not fit the context of "
+                               f"{self.n_ctx} tokens ({self.name}); raise engine.n_ctx or shorten the input")
 
     def close(self) -> None:
         with contextlib.suppress(Exception):

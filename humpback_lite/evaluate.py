@@ -27,7 +27,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import prompts
+from . import layout, prompts
 from .engine import Engine
 from .store import JsonlAppender, Run, read_jsonl
 
@@ -201,7 +201,7 @@ def evaluate_models(
         rows = [r for r in answer_rows if r["model"] == n]
         entry["looping"] = sum(1 for r in rows if repetition(r["answer"]) >= LOOP_SHARE)
         entry["cut_at_limit"] = sum(1 for r in rows if r.get("cut"))
-        for ref in {b for a, b in matchups if a == n}:
+        for ref in dict.fromkeys(b for a, b in matchups if a == n):  # matchup order: same bytes every run
             verdicts = [r for r in judgments if r["a"] == n and r["b"] == ref]
             if verdicts:
                 entry[f"vs_{ref}"] = win_rate([r["outcome"] for r in verdicts])
@@ -220,7 +220,7 @@ def evaluate_models(
             "nll_diff": nll_diffs}
 
 
-ABLATIONS = ("random", "all")
+ABLATIONS = layout.ABLATIONS
 LOOP_SHARE = 0.3  # an answer "loops" when this share of its word 4-grams repeats an earlier one
 
 
@@ -299,7 +299,7 @@ def opening(instruction: str, words: int = 2) -> str:
 
 def data_stats(segments: list[dict], pairs: list[dict], top: int = 10) -> dict:
     """Segment and instruction lengths, most frequent instruction openings, sources."""
-    sources = Counter(str(s.get("source", "")).split("#")[0] or "(unknown)" for s in segments)
+    sources = Counter(str(s.get("provenance", "")).split("#")[0] or "(unknown)" for s in segments)
     return {
         "segments": len(segments),
         "segment_chars": _lengths(s["text"] for s in segments),
@@ -310,15 +310,17 @@ def data_stats(segments: list[dict], pairs: list[dict], top: int = 10) -> dict:
     }
 
 
-def curation_figures(run: Run) -> list[dict]:
-    """Per curation round: judge, candidates, kept, cutoff, judge self-checks and all scores."""
+def curation_figures(run: Run, rounds: int | None = None) -> list[dict]:
+    """Per curation round (up to `rounds`, the recipe's): judge, candidates, kept, cutoff, judge
+    self-checks and all scores. Rounds a recipe no longer has are left out."""
     stages = run.manifest.get("stages", {})
-    rounds = sorted({int(k[6:8]) for k in stages if k.startswith("round_") and k.endswith("/score")})
     out = []
-    for r in rounds:
-        score = (stages.get(f"round_{r:02d}/score") or {}).get("counts") or {}
-        select = (stages.get(f"round_{r:02d}/select") or {}).get("counts") or {}
-        path = run.dir(f"round_{r:02d}/score") / "scored.jsonl"
+    for r in layout.rounds(stages, "score"):
+        if rounds is not None and r > rounds:
+            continue
+        score = (stages.get(layout.stage("score", r)) or {}).get("counts") or {}
+        select = (stages.get(layout.stage("select", r)) or {}).get("counts") or {}
+        path = run.dir(layout.stage("score", r)) / "scored.jsonl"
         records = read_jsonl(path) if path.exists() else []
         scores = [s["score"] for s in records if s.get("score") is not None]
         agreement = score.get("agreement_with_prev_judge")

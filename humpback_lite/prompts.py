@@ -130,5 +130,5 @@ def backward_row(pair: dict) -> dict:
 
 def forward_row(pair: dict, tags: bool = True) -> dict:
     """A training row for a forward model; the system prompt carries the source tag."""
-    return {"prompt": forward_messages(pair["instruction"], pair.get("kind", "seed"), tags),
+    return {"prompt": forward_messages(pair["instruction"], pair.get("source", "seed"), tags),
             "completion": [{"role": "assistant", "content": pair["output"].strip()}]}

@@ -16,6 +16,11 @@ from typing import Any, Literal
 
 import yaml
 
+# Curation vocabulary (signals.py computes them): rubric modes read the paper's 5-point rubric.
+RUBRIC_MODES = ("expected", "greedy", "reasoning")
+LIKELIHOOD_SIGNALS = ("pmi", "ifd", "backward")
+SIGNALS = ("rubric", *LIKELIHOOD_SIGNALS)
+
 
 class RecipeError(ValueError):
     """A recipe (file, override or value) is wrong; the message names the dotted key."""
@@ -65,15 +70,6 @@ class DataConfig:
         _check(len(self.corpus) >= 1, "corpus", "needs at least one input")
         _check(0 <= self.repetition <= 1, "repetition", "must be in [0, 1]")
         _check(0 < self.dedup_threshold <= 1, "dedup_threshold", "must be in (0, 1]")
-
-    def filters(self):
-        """The corpus filters these settings describe."""
-        from .corpus import Filters
-
-        return Filters(min_chars=self.min_chars, max_chars=self.max_chars, repetition=self.repetition,
-                       headers=self.headers, boilerplate=self.boilerplate, language=self.language,
-                       dedup=self.dedup, dedup_threshold=self.dedup_threshold, text_field=self.text_field,
-                       include=list(self.include), exclude=list(self.exclude))
 
 
 @dataclass
@@ -153,8 +149,6 @@ class CurateConfig:
     """Of those, pairs scored again with injections and with harmless lines appended (verdict flips)."""
 
     def __post_init__(self) -> None:
-        from .signals import SIGNALS
-
         _check(1 <= self.threshold <= 5, "threshold", "must be between 1 and 5")
         _check(self.top_fraction is None or 0 < self.top_fraction <= 1, "top_fraction", "must be in (0, 1]")
         _check(self.target_count is None or self.target_count >= 1, "target_count", "must be >= 1")

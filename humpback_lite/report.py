@@ -10,10 +10,12 @@ from __future__ import annotations
 import html
 import io
 import json
-import re
 from pathlib import Path
 from typing import Any
 
+import yaml
+
+from . import layout
 from .evaluate import ABLATIONS, curation_figures, data_stats, last_round_model
 from .store import Run, read_jsonl, write_text
 
@@ -31,11 +33,15 @@ def gather(root: str | Path) -> dict[str, Any]:
     """Every figure the report shows, as plain data (also what tests check)."""
     run = Run(root)
     m = run.manifest
-    stages = m.get("stages", {})
-    curation = curation_figures(run)
+    recipe_path = Path(root) / "recipe.yaml"
+    rounds = (yaml.safe_load(recipe_path.read_text()) or {}).get("rounds") if recipe_path.exists() else None
+    # Folders of rounds the recipe no longer has (rounds lowered) are not part of this run.
+    stages = {k: v for k, v in m.get("stages", {}).items()
+              if rounds is None or (layout.split(k)[1] or 0) <= rounds}
+    curation = curation_figures(run, rounds)
     for c in curation:
-        scored = _jsonl(run.dir(f"round_{c['round']:02d}/score") / "scored.jsonl")
-        kept_ids = {p["id"] for p in _jsonl(run.dir(f"round_{c['round']:02d}/select") / "curated.jsonl")}
+        scored = _jsonl(run.dir(layout.stage("score", c["round"])) / "scored.jsonl")
+        kept_ids = {p["id"] for p in _jsonl(run.dir(layout.stage("select", c["round"])) / "curated.jsonl")}
         c["examples"] = _examples(scored, kept_ids)
     segments = _jsonl(run.dir("corpus") / "segments.jsonl")
     pairs = _jsonl(run.dir("augment") / "pairs.jsonl")
@@ -45,7 +51,6 @@ def gather(root: str | Path) -> dict[str, Any]:
         answers.setdefault(a["id"], {})[a["model"]] = a["answer"]
     heldout = {p["id"]: p for p in _jsonl(run.dir("seed") / "heldout.jsonl")}
     corpus_counts = (stages.get("corpus") or {}).get("counts") or {}
-    recipe_path = Path(root) / "recipe.yaml"
     return {
         "name": Path(root).name,
         "model": (m.get("model") or {}).get("name", "?"),
@@ -60,8 +65,8 @@ def gather(root: str | Path) -> dict[str, Any]:
                     "instruction characters": [len(p["instruction"]) for p in pairs]} if segments and pairs else {},
         "timings": [(k, v.get("status"), v.get("seconds")) for k, v in stages.items()],
         "recipe": recipe_path.read_text() if recipe_path.exists() else "",
-        "train": {k: ((v.get("counts") or {}).get("train_loss"), (v.get("counts") or {}).get("rows"))
-                  for k, v in stages.items() if k.endswith("/train") or k == "backward"},
+        "train": {_model_name(k): ((v.get("counts") or {}).get("train_loss"), (v.get("counts") or {}).get("rows"))
+                  for k, v in stages.items() if layout.model_name(k) or k == "backward"},
     }
 
 
@@ -217,8 +222,8 @@ def _fig(svg: str | None, caption: str) -> str:
 
 
 def _model_name(stage: str) -> str:
-    """"round_01/train" -> "M1"; "backward" stays."""
-    return f"M{int(stage[6:8])}" if stage.startswith("round_") else stage + " (answer -> instruction)"
+    """"round_01/train" -> "M1"; "backward" -> "backward (answer -> instruction)"."""
+    return layout.model_name(stage) or stage + " (answer -> instruction)"
 
 
 def _pct(v: float | None) -> str | None:
@@ -329,7 +334,7 @@ def render(g: dict) -> str:
                                       "with the selection cutoff."))
     if g["train"]:
         parts.append(_table(["model", "train loss", "rows"],
-                            [[_model_name(k), v[0], v[1]] for k, v in g["train"].items()], num={1, 2}))
+                            [[k, v[0], v[1]] for k, v in g["train"].items()], num={1, 2}))
 
     d = g["data"]
     if d:
@@ -386,7 +391,7 @@ def summary_table(g: dict[str, Any]):
     names = list(ev) or ["base"] + [f"M{k}" for k in range(len(g["curation"]) + 1)]
     for n in names:
         v = ev.get(n, {})
-        rows = g["train"].get(f"round_{int(n[1:]):02d}/train", (None, None))[1] if re.fullmatch(r"M\d+", n) else None
+        rows = g["train"].get(n, (None, None))[1]
         t.add_row(n, str(v.get("nll", "-")), _pct((v.get("vs_base") or {}).get("win_rate")) or "-",
                   _pct((v.get("vs_M0") or {}).get("win_rate")) or "-", str(rows or "-"), kept.get(n, "-"))
     return t

@@ -21,10 +21,7 @@ from dataclasses import dataclass, field
 
 from . import prompts
 from .engine import Engine
-
-RUBRIC_MODES = ("expected", "greedy", "reasoning")
-LIKELIHOOD_SIGNALS = ("pmi", "ifd", "backward")
-SIGNALS = ("rubric", *LIKELIHOOD_SIGNALS)
+from .recipe import LIKELIHOOD_SIGNALS, RUBRIC_MODES, SIGNALS  # noqa: F401  (the recipe's vocabulary)
 
 
 @dataclass

@@ -7,8 +7,8 @@ No model code here. A run is a directory::
     RUN/<stage>/...            one folder per stage (round stages live under round_NN/)
 
 A stage is done when the manifest says so *and* its fingerprint (a hash of its settings and of
-its inputs' fingerprints) is unchanged; a changed fingerprint wipes that stage and, through the
-fingerprint chain, everything that depends on it.
+its inputs' output digests, see graph.py) is unchanged; a changed fingerprint wipes that stage.
+A finished stage records the digest of the files it wrote, which is what its readers hash.
 """
 
 from __future__ import annotations
@@ -209,6 +209,38 @@ def file_digest(path: str | Path, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
+def tree_digest(root: str | Path, cache: Path | None = None) -> str:
+    """The identity of a file or folder tree by content. With `cache` (a JSON index), files whose
+    size and mtime are unchanged are not read again: a large corpus costs a stat per file per
+    command, not a full read."""
+    root = Path(root)
+    files = sorted(f for f in root.rglob("*") if f.is_file()) if root.is_dir() else [root]
+    try:
+        index = read_json(cache) if cache is not None and cache.exists() else {}
+    except (OSError, ValueError):
+        index = {}  # a damaged cache is only a cache
+    fresh, parts = {}, []
+    for f in files:
+        st = f.stat()
+        stamp = [st.st_size, st.st_mtime_ns]
+        hit = index.get(str(f))
+        digest = hit[2] if hit and hit[:2] == stamp else file_digest(f)
+        fresh[str(f)] = [*stamp, digest]
+        parts.append((str(f.relative_to(root)) if root.is_dir() else root.name, digest))
+    if cache is not None and fresh != index:
+        with contextlib.suppress(OSError):  # a read-only cache folder costs speed, not correctness
+            write_json(cache, fresh)
+    return fingerprint(parts)
+
+
+def dir_digest(path: str | Path) -> str:
+    """The identity of a folder's files: names and contents (temp files and dot-folders left out)."""
+    root = Path(path)
+    files = sorted(f for f in root.rglob("*") if f.is_file()
+                   and not any(part.startswith(".") for part in f.relative_to(root).parts))
+    return fingerprint([(str(f.relative_to(root)), file_digest(f)) for f in files])
+
+
 # ----------------------------------------------------------------------------- the run folder
 
 
@@ -221,6 +253,7 @@ class StageInfo:
     finished: float | None = None
     seconds: float | None = None
     counts: dict[str, Any] | None = None
+    output: str | None = None  # digest of the files the stage wrote
 
 
 class Run:
@@ -265,7 +298,15 @@ class Run:
         rec["finished"] = time.time()
         rec["seconds"] = round(rec["finished"] - rec["started"], 2)
         rec["counts"] = counts or {}
+        rec["output"] = dir_digest(self.dir(stage))
         self._save()
+
+    def output_digest(self, stage: str) -> str:
+        """What a finished stage wrote, for the fingerprints of the stages that read it."""
+        info = self.info(stage)
+        if info is None or info.status != "done":
+            raise RuntimeError(f"stage {stage} has not finished; its readers cannot run yet")
+        return info.output or info.fingerprint
 
     def stage(self, stage: str, fp: str, work: Callable[[Path], dict[str, Any] | None]) -> bool:
         """Run `work(stage_dir)` unless the stage is done with this fingerprint. Returns True

@@ -21,6 +21,10 @@ from .models import ModelCard
 from .recipe import TrainConfig
 from .store import atomic_dir
 
+
+class TrainError(RuntimeError):
+    """Training cannot start (backend unavailable, no rows); the message says what to change."""
+
 Progress = Callable[[int, int], None]
 
 
@@ -76,13 +80,13 @@ def use_unsloth(cfg: TrainConfig) -> bool:
         cuda = False
     if not cuda:
         if cfg.backend == "unsloth":
-            raise RuntimeError("train.backend=unsloth needs a CUDA GPU; use train.backend=transformers")
+            raise TrainError("train.backend=unsloth needs a CUDA GPU; use train.backend=transformers")
         return False
     try:
         import unsloth  # noqa: F401
     except ImportError:
         if cfg.backend == "unsloth":
-            raise RuntimeError("train.backend=unsloth: install the extra with `pip install humpback-lite[gpu]`") from None
+            raise TrainError("train.backend=unsloth: install the extra with `pip install humpback-lite[gpu]`") from None
         return False
     return True
 
@@ -167,7 +171,7 @@ def train_lora(
     """Fine-tune a LoRA on `rows` ({"prompt": [messages], "completion": [assistant message]})
     and write the PEFT adapter to `out_dir` atomically. Returns training statistics."""
     if not rows:
-        raise ValueError("no training rows")
+        raise TrainError("no training rows (empty seed file or nothing selected?)")
     _hush()
     import torch
     from datasets import Dataset
@@ -236,6 +240,21 @@ def train_lora(
         (tmp / "train_stats.json").write_text(json.dumps(stats, indent=2))
     del trainer, model
     _release_memory()
+    return stats
+
+
+def run(examples: list[dict[str, Any]], adapter_dir: Path, gguf_out: Path, card: ModelCard, gguf: Path,
+        cfg: TrainConfig, seed: int = 0, progress=None, label: str = "train") -> dict[str, Any]:
+    """A training stage, for the loop and `humpback train`: a LoRA on `examples` into `adapter_dir`
+    (PEFT), converted into `gguf_out` for llama.cpp."""
+    from . import ui
+    from .adapters import peft_to_gguf
+
+    weights = prepare_weights(card, gguf)
+    with (progress or ui.progress)(label, None) as advance:
+        stats = train_lora(examples, adapter_dir, weights, cfg, seed=seed,
+                           progress=lambda step, total: advance(1, total=total))
+    stats["gguf"] = peft_to_gguf(adapter_dir, gguf, gguf_out)
     return stats
 
 

@@ -48,3 +48,14 @@ def hf_weights(model_gguf) -> str:
     from humpback_lite.train import prepare_weights
 
     return prepare_weights(get_card("smollm2-135m"), model_gguf)
+
+
+# Tests that run the real model through llama.cpp or train: `pytest -m "not slow"` leaves them out.
+SLOW_FIXTURES = {"engine", "hf_weights", "tiny_run"}
+SLOW_MODULES = {"test_loop", "test_train", "test_adapters", "test_cpu", "test_crashguard", "test_kill"}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if SLOW_FIXTURES & set(item.fixturenames) or item.module.__name__ in SLOW_MODULES:
+            item.add_marker(pytest.mark.slow)

@@ -48,7 +48,7 @@ def test_hand_checked_page_gives_exactly_its_two_sections(tmp_path):
     records, funnel = segment([str(tmp_path / "page.html")], 200, 1000, filters=f())
     assert _texts(records) == [LISTS.strip(), SLICING.strip()]
     assert [r["heading"] for r in records] == ["Python lists", "Slicing"]
-    assert all(r["source"].endswith("page.html") for r in records)
+    assert all(r["provenance"].endswith("page.html") for r in records)
     assert funnel.counts["dropped_allcaps_heading"] == 1  # "RELATED POSTS"
     assert funnel.counts["boilerplate_lines"] >= 1  # "Accept all cookies"
     joined = " ".join(_texts(records))
@@ -73,7 +73,7 @@ def test_warc_reads_html_responses_only_with_url_provenance(tmp_path):
                  ("http://a.example/data.json", '{"x": 1}', "application/json")])
     records, funnel = segment([str(path)], 200, 1000, filters=f())
     assert _texts(records) == [LISTS.strip(), SLICING.strip()]
-    assert {r["source"] for r in records} == {"http://a.example/lists"}
+    assert {r["provenance"] for r in records} == {"http://a.example/lists"}
     assert all(r["offset"].startswith("<urn:uuid:") for r in records)
     assert funnel.counts["records"] == 1 and funnel.counts["records_not_html"] == 1
 
@@ -88,7 +88,7 @@ def test_wet_conversion_records_are_plain_text(tmp_path):
                                             payload=io.BytesIO((TUPLES + LISTS).encode()),
                                             warc_headers_dict={"Content-Type": "text/plain"}))
     records, _ = segment([str(path)], 200, 1000, filters=f())
-    assert len(records) == 1 and records[0]["source"] == "http://b.example/t"
+    assert len(records) == 1 and records[0]["provenance"] == "http://b.example/t"
 
 
 def test_tables_markdown_and_every_compression(tmp_path):
@@ -110,7 +110,7 @@ def test_tables_markdown_and_every_compression(tmp_path):
     records, funnel = segment([str(tmp_path)], 200, 1000, filters=f(text_field="body", dedup="exact"))
     by_file = {}
     for r in records:
-        by_file.setdefault(r["source"].split("/")[-1], []).append(r)
+        by_file.setdefault(r["provenance"].split("/")[-1], []).append(r)
     assert set(by_file) == {"t.parquet", "t.csv", "notes.md.gz", "rows.jsonl.xz", "page.html.zst"}
     assert by_file["notes.md.gz"][0]["heading"] == "Lists"
     assert funnel.counts["dropped_duplicate"] == 2  # notes2.md.bz2 only repeats notes.md.gz, twice
@@ -140,7 +140,7 @@ def test_bad_files_are_reported_and_skipped(tmp_path):
     (tmp_path / "cut.warc.gz").write_bytes(data[: len(data) - 200])
     (tmp_path / "long.txt").write_text("word " * 300_000)  # one 1.5 MB line
     records, funnel = segment([str(tmp_path)], 200, 1000, filters=f())
-    sources = {r["source"].split("/")[-1] for r in records}
+    sources = {r["provenance"].split("/")[-1] for r in records}
     assert {"good.txt", "latin1.txt"} <= sources
     assert funnel.counts["skipped_empty"] == 1 and funnel.counts["skipped_binary"] == 1
     assert funnel.counts["skipped_truncated"] >= 1
@@ -157,7 +157,7 @@ def test_segment_command_prints_funnel_and_fails_clearly_on_nothing(tmp_path):
     res = CliRunner().invoke(main, ["segment", str(tmp_path / "page.html"), "-o", str(out), "--min-chars", "200"])
     assert res.exit_code == 0, res.output
     assert "corpus funnel" in res.output and "dropped_allcaps_heading" in res.output
-    rows = read_jsonl(out, required=("text", "source"))
+    rows = read_jsonl(out, required=("text", "provenance"))
     assert [r["heading"] for r in rows] == ["Python lists", "Slicing"]
     (tmp_path / "tiny.txt").write_text("too short")
     res = CliRunner().invoke(main, ["segment", str(tmp_path / "tiny.txt"), "-o", str(tmp_path / "none.jsonl")])
@@ -170,7 +170,7 @@ def test_pydoc_segments_respect_the_length_window_and_are_unique():
     assert len(records) > 100
     assert all(600 <= len(r["text"]) <= 1500 for r in records)
     assert len({r["text"] for r in records}) == len(records)
-    assert all(r["source"].startswith("pydoc:topics/") for r in records)
+    assert all(r["provenance"].startswith("pydoc:topics/") for r in records)
     assert funnel.counts["kept"] == len(records)
 
 
@@ -199,7 +199,7 @@ def test_max_segments_is_a_seeded_sample_across_the_whole_corpus():
     a, funnel = segment(["pydoc:topics"], 600, 1500, max_segments=10)
     b, _ = segment(["pydoc:topics"], 600, 1500, max_segments=10)
     assert _texts(a) == _texts(b) and len(a) == 10
-    assert len({r["source"] for r in a}) >= 8  # not just the first topic
+    assert len({r["provenance"] for r in a}) >= 8  # not just the first topic
     assert [r["id"] for r in a] == [f"seg-{i:06d}" for i in range(10)]
     assert funnel.counts["sampled"] == 10
 

@@ -52,3 +52,14 @@ def test_judge_view_removes_text_addressed_to_the_judge_but_keeps_content():
     for benign in ("Give me five examples of lists.", "Rate limits apply to 5 requests per second.",
                    "The score of the game was 3-1.", "Scores range from 1 to 5 in this survey."):
         assert prompts.judge_view(f"{base} {benign}") == f"{base} {benign}"
+
+
+def test_llama_cpp_and_training_render_the_same_chat_text(engine, hf_weights):
+    # training formats rows with the tokenizer's template, inference with the GGUF's: they must agree
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(hf_weights)
+    messages = prompts.forward_messages("What is a list?", "seed")
+    assert engine.format(messages) == tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    turn = [*messages, {"role": "assistant", "content": "An ordered sequence."}]
+    assert engine.format(turn, assistant_prefix="").startswith(tok.apply_chat_template(turn, tokenize=False))

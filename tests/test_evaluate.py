@@ -101,8 +101,8 @@ def test_win_rate_counts_ties_as_half():
 
 
 def test_data_stats_counts_openings_and_sources():
-    segs = [{"text": "x" * 10, "source": "a.html#h"}, {"text": "y" * 30, "source": "a.html#i"},
-            {"text": "z" * 20, "source": "b.txt"}]
+    segs = [{"text": "x" * 10, "provenance": "a.html#h"}, {"text": "y" * 30, "provenance": "a.html#i"},
+            {"text": "z" * 20, "provenance": "b.txt"}]
     pairs = [{"instruction": "How do I sort a list?"}, {"instruction": "how do I copy?"},
              {"instruction": "What is X?"}]
     s = evaluate.data_stats(segs, pairs)

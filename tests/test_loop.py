@@ -139,7 +139,7 @@ def test_segment_command_writes_segments_jsonl(tmp_path):
     out = tmp_path / "segments.jsonl"
     result = CliRunner().invoke(main, ["segment", str(tmp_path / "doc.md"), "-o", str(out), "--min-chars", "200"])
     assert result.exit_code == 0, result.output
-    rows = read_jsonl(out, required=("text", "source"))
+    rows = read_jsonl(out, required=("text", "provenance"))
     assert rows and all(200 <= len(r["text"]) <= 3000 for r in rows)
 
 

@@ -1,3 +1,5 @@
+import os
+
 import pytest
 from click.testing import CliRunner
 
@@ -63,3 +65,22 @@ def test_runtime_conversion_to_bf16_is_cached_and_scores_like_the_original(model
                       assistant_prefix=engine.score_prefix)
     assert abs(e.digit_score(p).expected - engine.digit_score(p).expected) < 0.1
     e.close()
+
+
+def test_a_plain_wheel_install_ships_the_model_cards_and_seed(tmp_path):
+    # `pip install .` (not editable) installs the wheel: the cards must be inside it
+    import subprocess
+    import sys
+    import zipfile
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    subprocess.run([sys.executable, "-m", "pip", "wheel", str(root), "--no-deps", "--no-build-isolation", "-q",
+                    "-w", str(tmp_path / "dist")], check=True, cwd=tmp_path)
+    (wheel,) = (tmp_path / "dist").glob("humpback_lite-*.whl")
+    zipfile.ZipFile(wheel).extractall(tmp_path / "site")
+    code = ("from humpback_lite import models, seed; c = models.get_card('smollm2-135m'); "
+            "print(models.CARDS_DIR.name, c.name, len(seed.load_seed('builtin:seed', 2)[0]) > 0)")
+    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True,
+                         env={**os.environ, "PYTHONPATH": str(tmp_path / "site")})
+    assert out.stdout.split() == ["cards", "smollm2-135m", "True"], out.stderr

@@ -77,3 +77,22 @@ def test_atomic_files_get_normal_permissions(tmp_path):
     with atomic_dir(tmp_path / "d") as d:
         (d / "x").write_text("1")
     assert (tmp_path / "d").stat().st_mode & 0o777 == 0o777 & ~mask
+
+
+def test_tree_digest_rereads_only_changed_files(tmp_path, monkeypatch):
+    import humpback_lite.store as store
+
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    (corpus / "a.txt").write_text("alpha")
+    (corpus / "b.txt").write_text("beta")
+    cache = tmp_path / "cache.json"
+    first = store.tree_digest(corpus, cache)
+    reads = []
+    real = store.file_digest
+    monkeypatch.setattr(store, "file_digest", lambda p, *a: reads.append(p.name) or real(p, *a))
+    assert store.tree_digest(corpus, cache) == first and reads == []
+    (corpus / "b.txt").write_text("beta, changed")
+    assert store.tree_digest(corpus, cache) != first and reads == ["b.txt"]
+    cache.write_text("{not json")  # a damaged cache only costs a re-read
+    assert store.tree_digest(corpus, cache) == store.tree_digest(corpus)

@@ -1,0 +1,167 @@
+"""The loop's wiring with a fake engine and a stub trainer (tests/fakes.py): every stage, reruns,
+invalidation, stale rounds and resume after a crash, in seconds. The same paths run with the real
+model in test_loop.py."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+from conftest import TINY
+from fakes import FakeEngine, fake_engines, fake_train_run
+
+from humpback_lite import graph, train
+from humpback_lite.loop import Loop, load_run
+from humpback_lite.recipe import load_recipe
+from humpback_lite.store import read_jsonl
+
+FAST = ["export.merged=false"]  # merging needs a real adapter
+
+
+def _loop(out, *overrides, log=None):
+    loop = Loop(load_recipe(TINY, [*FAST, *overrides]), out)
+    loop._engines = fake_engines(log)
+    return loop
+
+
+def _finished(out) -> dict:
+    return {k: v["finished"] for k, v in json.loads((out / "manifest.json").read_text())["stages"].items()}
+
+
+@pytest.fixture(scope="module")
+def stub_training():
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(train, "run", fake_train_run)
+        yield
+
+
+@pytest.fixture(scope="module")
+def fake_run(model_gguf, stub_training, tmp_path_factory):
+    out = tmp_path_factory.mktemp("fake") / "run"
+    _loop(out).run()
+    return out
+
+
+def _copy(fake_run, tmp_path):
+    shutil.copytree(fake_run, tmp_path / "copy")
+    return tmp_path / "copy"
+
+
+def _rerun(out, *overrides) -> list[str]:
+    """Run again with overrides; the stages that ran, in order."""
+    before = _finished(out)
+    _loop(out, *overrides).run()
+    after = _finished(out)
+    return [s for s in after if after[s] != before.get(s)]
+
+
+def test_every_planned_stage_runs_and_records_its_output_digest(fake_run):
+    stages = json.loads((fake_run / "manifest.json").read_text())["stages"]
+    assert list(stages) == [p.name for p in graph.plan(load_recipe(TINY, FAST))]
+    assert all(s["status"] == "done" and s["output"] for s in stages.values())
+    assert (fake_run / "export" / "dataset.jsonl").exists() and (fake_run / "report" / "index.html").exists()
+
+
+def test_rerunning_a_finished_run_loads_no_model(fake_run, stub_training):
+    log: list = []
+    before = _finished(fake_run)
+    _loop(fake_run, log=log).run()
+    assert _finished(fake_run) == before and log == []
+
+
+def test_engine_context_reruns_the_stages_that_use_the_engine(fake_run, stub_training, tmp_path):
+    ran = _rerun(_copy(fake_run, tmp_path), "engine.n_ctx=2048")
+    # the fake answers the same at any context, so select and training see identical inputs
+    assert ran == ["augment", "round_01/score", "round_02/score", "evaluate", "export"]
+
+
+def test_thread_count_reruns_nothing(fake_run, stub_training, tmp_path):
+    assert _rerun(_copy(fake_run, tmp_path), "engine.n_threads=1") == []
+
+
+def test_a_stage_that_reruns_to_the_same_bytes_invalidates_nothing_below(fake_run, stub_training, tmp_path):
+    # text_field only matters for table inputs: pydoc's segments come out byte-identical
+    # (export hashes the whole recipe: its model card quotes it)
+    assert _rerun(_copy(fake_run, tmp_path), "data.text_field=body") == ["corpus", "export"]
+
+
+def test_selection_change_retrains_from_that_round_on(fake_run, stub_training, tmp_path):
+    ran = _rerun(_copy(fake_run, tmp_path), "curate.top_fraction=0.34")
+    assert ran[:3] == ["round_01/select", "round_01/train", "round_02/score"]
+    assert {"seed", "corpus", "backward", "augment", "round_00/train", "round_01/score"}.isdisjoint(ran)
+
+
+def test_lowering_rounds_leaves_later_rounds_out_of_evaluation_and_report(fake_run, stub_training, tmp_path):
+    from humpback_lite.report import gather
+
+    out = _copy(fake_run, tmp_path)
+    ran = _rerun(out, "rounds=1")
+    assert "evaluate" in ran and "export" in ran
+    metrics = json.loads((out / "evaluate" / "metrics.json").read_text())
+    assert "M2" not in metrics["models"] and [c["round"] for c in metrics["curation"]] == [1]
+    g = gather(out)
+    assert [c["round"] for c in g["curation"]] == [1] and "M2" not in g["train"]
+    assert list(graph.iter_unplanned(list(json.loads((out / "manifest.json").read_text())["stages"]),
+                                     load_recipe(out / "recipe.yaml"))) == [
+        "round_02/score", "round_02/select", "round_02/train"]
+
+
+def test_crash_mid_augment_resumes_to_the_uninterrupted_result(fake_run, stub_training, tmp_path, monkeypatch):
+    out = tmp_path / "crashed"
+    calls = {"n": 0}
+    real = FakeEngine.generate
+
+    def dies_on_the_fourth(self, *a, **kw):
+        calls["n"] += 1
+        if calls["n"] == 4:
+            raise KeyboardInterrupt
+        return real(self, *a, **kw)
+
+    monkeypatch.setattr(FakeEngine, "generate", dies_on_the_fourth)
+    with pytest.raises(KeyboardInterrupt):
+        _loop(out).run()
+    assert len(read_jsonl(out / "augment" / "pairs.jsonl")) == 3
+    monkeypatch.setattr(FakeEngine, "generate", real)
+    _loop(out).run()
+    for f in ("augment/pairs.jsonl", "round_01/score/scored.jsonl", "round_02/select/curated.jsonl",
+              "export/dataset.jsonl"):
+        assert (out / f).read_bytes() == (fake_run / f).read_bytes(), f
+
+
+def test_evaluate_command_writes_the_recipe_it_evaluated_with(fake_run, stub_training, tmp_path):
+    out = _copy(fake_run, tmp_path)
+    loop = load_run(out, ["evaluate.judge=base"])
+    loop._engines = fake_engines()
+    metrics = loop.evaluate()
+    assert metrics["judge"] == "base model"
+    assert "judge: base" in (out / "recipe.yaml").read_text()
+
+
+def test_status_names_out_of_date_stages_and_rounds_the_recipe_no_longer_has(fake_run, stub_training, tmp_path):
+    out = _copy(fake_run, tmp_path)
+    assert set(load_run(out).states().values()) == {"done"}
+    states = load_run(out, ["curate.top_fraction=0.34"]).states()
+    assert states["round_01/score"] == "done" and states["round_01/select"] == "out of date"
+    assert states["round_02/train"] == "out of date"
+    states = load_run(out, ["rounds=1"]).states()
+    assert states["round_02/score"] == "not in recipe" and states["round_01/train"] == "done"
+    assert states["evaluate"] == "out of date"
+
+
+def test_untagged_unmerged_export_card_names_the_real_system_prompt_and_files(model_gguf, stub_training, tmp_path):
+    from humpback_lite import prompts
+
+    out = tmp_path / "untagged"
+    _loop(out, "tags=false", "rounds=1", "evaluate.enabled=false").run()
+    card = (out / "export" / "README.md").read_text()
+    assert prompts.UNTAGGED_SYSTEM in card and prompts.SEED_TAG not in card
+    assert "model.gguf" not in card and not (out / "export" / "model.gguf").exists()
+
+
+def test_no_held_out_pairs_skips_evaluation_and_finishes(model_gguf, stub_training, tmp_path):
+    out = tmp_path / "noheld"
+    _loop(out, "data.heldout=0", "rounds=1").run()
+    counts = json.loads((out / "manifest.json").read_text())["stages"]["evaluate"]["counts"]
+    assert counts["heldout"] == 0 and "data.heldout=0" in counts["skipped"]
+    assert (out / "export" / "README.md").exists() and (out / "report" / "index.html").exists()
