@@ -15,7 +15,7 @@ from . import prompts, ui
 from .engine import Engine
 from .engines import EngineFactory
 from .recipe import AugmentConfig
-from .store import JsonlAppender, read_jsonl
+from .store import read_jsonl, resume_jsonl
 
 
 def item_seed(seed: int, item_id: str) -> int:
@@ -35,34 +35,17 @@ def augment(
     on_item: Callable[[], None] | None = None,
 ) -> dict[str, int]:
     """Write `{"id", "instruction", "output", "provenance", "raw"}` per segment to out_path."""
-    new = 0
-    with JsonlAppender(out_path) as out:
-        done = {r["id"] for r in out.done}
-        for _ in done:
-            if on_item:
-                on_item()
-        for seg in segments:
-            if seg["id"] in done:
-                continue
-            prompt = backward_prompt(engine, seg["text"], cfg.max_segment_tokens)
-            raw = engine.generate(
-                prompt,
-                max_tokens=cfg.max_new_tokens,
-                temperature=cfg.temperature,
-                top_p=cfg.top_p,
-                seed=item_seed(seed, seg["id"]),
-            )
-            out.append({
-                "id": seg["id"],
-                "instruction": prompts.clean_instruction(raw),
-                "output": seg["text"],
+
+    def pair(seg: dict) -> dict:
+        raw = engine.generate(backward_prompt(engine, seg["text"], cfg.max_segment_tokens),
+                              max_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
+                              seed=item_seed(seed, seg["id"]))
+        return {"id": seg["id"], "instruction": prompts.clean_instruction(raw), "output": seg["text"],
                 "provenance": seg.get("provenance", seg.get("source", "")),  # older segment files: `source`
-                "raw": raw,
-            })
-            new += 1
-            if on_item:
-                on_item()
-    return {"pairs": len(done) + new, "resumed_from": len(done)}
+                "raw": raw}
+
+    done, new = resume_jsonl(out_path, segments, key=lambda s: s["id"], work=pair, on_item=on_item)
+    return {"pairs": done + new, "resumed_from": done}
 
 
 def run(segments: Path, out: Path, cfg: AugmentConfig, engines: EngineFactory, adapter: Path | None,

@@ -18,19 +18,23 @@ def _errors() -> tuple[type[BaseException], ...]:
     from .export import PushError
     from .models import ModelError
     from .recipe import RecipeError
-    from .store import DataError
+    from .store import DataError, RunBusy
     from .train import TrainError
 
-    return (RecipeError, DataError, ModelError, CorpusError, AdapterError, PushError, TrainError, OSError)
+    return (RecipeError, DataError, ModelError, CorpusError, AdapterError, PushError, TrainError, RunBusy, OSError)
 
 
 class _Group(click.Group):
     def invoke(self, ctx: click.Context):
+        from .ui import console
+
         try:
             return super().invoke(ctx)
+        except KeyboardInterrupt:
+            console.print("[yellow]interrupted:[/] finished stages and complete records are kept; "
+                          "rerun the same command to resume", highlight=False, soft_wrap=True)
+            sys.exit(130)
         except _errors() as e:
-            from .ui import console
-
             console.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
             sys.exit(1)
 

@@ -35,7 +35,7 @@ from .engine import Engine
 from .engines import EngineFactory
 from .recipe import CurateConfig
 from .signals import RUBRIC_MODES, SIGNALS, Scorer, combine, ranks
-from .store import DataError, JsonlAppender, read_jsonl, write_jsonl
+from .store import DataError, read_jsonl, resume_jsonl, write_jsonl
 
 _FREE_SCORE = re.compile(r"score\s*:\s*([1-5])", re.IGNORECASE)
 
@@ -114,23 +114,14 @@ def score_pairs(
 ) -> dict:
     """Score every pair (skipping those already in out_path), append records, then give each its
     `score` under the mode (a combined score needs all of them) and rewrite the file atomically."""
-    with JsonlAppender(out_path) as out:
-        done = {r["id"] for r in out.done}
-        for _ in done:
-            if on_item:
-                on_item()
-        for pair in pairs:
-            if pair["id"] in done:
-                continue
-            rec = {k: pair[k] for k in ("id", "instruction", "output", "provenance") if k in pair}
-            rec["mode"] = cfg.mode
-            if not pair["instruction"].strip():
-                rec.update({"score": None, "skipped": "empty instruction"})
-            else:
-                rec.update(score_record(scorer, pair["instruction"], pair["output"], cfg))
-            out.append(rec)
-            if on_item:
-                on_item()
+    def scored(pair: dict) -> dict:
+        rec = {k: pair[k] for k in ("id", "instruction", "output", "provenance") if k in pair}
+        rec["mode"] = cfg.mode
+        if not pair["instruction"].strip():
+            return {**rec, "score": None, "skipped": "empty instruction"}
+        return {**rec, **score_record(scorer, pair["instruction"], pair["output"], cfg)}
+
+    resume_jsonl(out_path, pairs, key=lambda p: p["id"], work=scored, on_item=on_item)
     records = read_jsonl(out_path)
     finalize(records, cfg)
     write_jsonl(out_path, records)

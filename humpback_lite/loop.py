@@ -21,7 +21,7 @@ from .engines import EngineFactory, factory
 from .models import fetch, get_card, home
 from .recipe import Recipe, dump_recipe
 from .seed import load_seed, seed_digest
-from .store import Run, fingerprint, read_jsonl, tree_digest, write_json, write_jsonl, write_text
+from .store import Run, RunLock, fingerprint, read_jsonl, tree_digest, write_json, write_jsonl, write_text
 
 
 def input_digest(ref: str) -> str:
@@ -222,12 +222,13 @@ class Loop:
         """Every stage of the recipe (each a no-op when done), then the report."""
         from .report import write_report
 
-        write_text(self.run_dir.root / "recipe.yaml", dump_recipe(self.recipe))
-        self.gguf = fetch(self.card)
-        self.run_dir.set_meta("model", {"name": self.card.name, "gguf": str(self.gguf)})
-        for p in graph.plan(self.recipe):
-            self.run_stage(p)
-        write_report(self.run_dir.root)
+        with RunLock(self.run_dir.root):
+            write_text(self.run_dir.root / "recipe.yaml", dump_recipe(self.recipe))
+            self.gguf = fetch(self.card)
+            self.run_dir.set_meta("model", {"name": self.card.name, "gguf": str(self.gguf)})
+            for p in graph.plan(self.recipe):
+                self.run_stage(p)
+            write_report(self.run_dir.root)
         return self.run_dir
 
     def evaluate(self) -> dict:

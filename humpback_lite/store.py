@@ -193,6 +193,28 @@ class JsonlAppender:
         self.close()
 
 
+def resume_jsonl(path: str | Path, items: Iterable[Any], key: Callable[[Any], Any], work: Callable[[Any], dict | None],
+                 on_item: Callable[[], None] | None = None,
+                 record_key: Callable[[dict], Any] | None = None) -> tuple[int, int]:
+    """Append `work(item)` to the JSONL file `path` for every item whose `key(item)` has no record
+    there yet (records matched by `record_key`, default `key`), one fsynced line each: a killed
+    process resumes after the last complete line. `work` may return None to write nothing.
+    Returns (records already there, records written now)."""
+    match = record_key or key
+    with JsonlAppender(path) as out:
+        done = {match(r) for r in out.done}
+        new = 0
+        for item in items:
+            if key(item) not in done:
+                rec = work(item)
+                if rec is not None:
+                    out.append(rec)
+                    new += 1
+            if on_item:
+                on_item()
+    return len(done), new
+
+
 # ----------------------------------------------------------------------------- fingerprints
 
 
@@ -242,6 +264,53 @@ def dir_digest(path: str | Path) -> str:
 
 
 # ----------------------------------------------------------------------------- the run folder
+
+
+class RunBusy(RuntimeError):
+    """Another process is running this folder; the message names it."""
+
+
+class RunLock:
+    """One process per run folder: an exclusive `flock` on RUN/.lock, held while the loop runs.
+    The kernel drops it when the process ends however it ends, so a crash leaves no stale lock."""
+
+    def __init__(self, root: str | Path):
+        self.path = Path(root) / ".lock"
+        self._f = None
+
+    def __enter__(self) -> RunLock:
+        try:
+            import fcntl
+        except ImportError:  # Windows: no flock; one run per folder is then the user's to keep
+            return self
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        f = open(self.path, "a+", encoding="utf-8")  # noqa: SIM115  (held until __exit__)
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            holder = f.read().strip() or "another process"
+            f.close()
+            raise RunBusy(f"{self.path.parent} is in use by {holder}; wait for it to finish or stop it, "
+                          "then rerun to resume") from None
+        f.seek(0)
+        f.truncate()
+        f.write(f"process {os.getpid()} ({_cmdline(os.getpid())})\n")
+        f.flush()
+        self._f = f
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._f is not None:
+            self._f.close()  # closing releases the flock
+            self._f = None
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
+    except OSError:
+        return "humpback"
 
 
 @dataclass

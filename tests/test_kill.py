@@ -62,6 +62,6 @@ def test_killed_anywhere_the_rerun_gives_the_uninterrupted_bytes(model_gguf, tmp
         for f in COMPARED:
             assert (out / f).read_bytes() == (ref / f).read_bytes(), f"killed in {hit[-1]}: {f} differs"
         # nothing half-written left behind: temp files are removed or renamed
-        assert not [p for p in out.rglob(".*") if p.is_file() and p.name != ".trainer"], f"killed in {hit[-1]}"
+        assert not [p for p in out.rglob(".*") if p.is_file() and p.name != ".lock"], f"killed in {hit[-1]}"
     print(f"\nkill points: {POINTS}, stages hit: {hit}")
     assert len({h for h in hit if h}) >= min(POINTS, 4), hit

@@ -5,6 +5,7 @@ model in test_loop.py."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 
 import pytest
@@ -165,3 +166,31 @@ def test_no_held_out_pairs_skips_evaluation_and_finishes(model_gguf, stub_traini
     counts = json.loads((out / "manifest.json").read_text())["stages"]["evaluate"]["counts"]
     assert counts["heldout"] == 0 and "data.heldout=0" in counts["skipped"]
     assert (out / "export" / "README.md").exists() and (out / "report" / "index.html").exists()
+
+
+def test_a_second_run_on_a_folder_in_use_is_refused_naming_the_holder(fake_run, stub_training):
+    from humpback_lite.store import RunBusy, RunLock
+
+    with RunLock(fake_run), pytest.raises(RunBusy, match=f"process {os.getpid()}"):
+        _loop(fake_run).run()
+    _loop(fake_run).run()  # released: runs (a no-op) again
+
+
+def test_a_killed_run_leaves_no_stale_lock(tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from humpback_lite.store import RunLock
+
+    code = f"from humpback_lite.store import RunLock\nwith RunLock({str(tmp_path)!r}):\n    import time; time.sleep(60)"
+    proc = subprocess.Popen([sys.executable, "-c", code])
+    deadline = time.time() + 30
+    while time.time() < deadline and not (tmp_path / ".lock").exists():
+        time.sleep(0.05)
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    with RunLock(tmp_path):  # the kernel released it with the process
+        pass
