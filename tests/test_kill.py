@@ -65,3 +65,16 @@ def test_killed_anywhere_the_rerun_gives_the_uninterrupted_bytes(model_gguf, tmp
         assert not [p for p in out.rglob(".*") if p.is_file() and p.name != ".lock"], f"killed in {hit[-1]}"
     print(f"\nkill points: {POINTS}, stages hit: {hit}")
     assert len({h for h in hit if h}) >= min(POINTS, 4), hit
+
+
+def test_a_run_stopped_by_a_full_disk_resumes_to_the_same_bytes(model_gguf, tmp_path):
+    ref, out = tmp_path / "ref", tmp_path / "full"
+    subprocess.run(_cmd(ref), env=_env(), check=True)
+    limited = ("import resource, runpy, signal, sys; signal.signal(signal.SIGXFSZ, signal.SIG_IGN); "
+               "resource.setrlimit(resource.RLIMIT_FSIZE, (30_000, 30_000)); "
+               f"sys.argv = {_cmd(out)[1:]!r}; runpy.run_path(sys.argv[0], run_name='__main__')")
+    proc = subprocess.run([sys.executable, "-c", limited], env=_env(), capture_output=True, text=True)
+    assert proc.returncode != 0 and "File too large" in proc.stderr
+    subprocess.run(_cmd(out), env=_env(), check=True)
+    for f in COMPARED:
+        assert (out / f).read_bytes() == (ref / f).read_bytes(), f

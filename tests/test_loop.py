@@ -50,10 +50,12 @@ def test_run_writes_every_stage_and_the_export_folder(tiny_run, model_gguf):
     assert "FROM ./model.gguf" in (export / "Modelfile").read_text()
     card = (export / "README.md").read_text()
     assert "peft" in card.lower() and "--lora adapter.gguf" in card and "ollama create" in card
-    # the exported GGUF LoRA loads in llama.cpp and answers
-    e = Engine(model_gguf, adapter=export / "adapter.gguf", n_ctx=512)
-    assert e.generate(e.format([{"role": "user", "content": "Hi"}]), max_tokens=4, seed=0) is not None
-    e.close()
+    # the exported GGUF LoRA loads in llama.cpp and changes what the model predicts
+    base, tuned = Engine(model_gguf, n_ctx=512), Engine(model_gguf, adapter=export / "adapter.gguf", n_ctx=512)
+    tokens = base.tokenize(base.format([{"role": "user", "content": "What is a list?"}]))
+    assert (base.next_token_logits(tokens) != tuned.next_token_logits(tokens)).any()
+    base.close()
+    tuned.close()
 
 
 def test_every_candidate_gets_a_score_each_round(tiny_run):
@@ -86,19 +88,6 @@ def test_rerunning_a_finished_run_is_a_noop(tiny_run):
     result = CliRunner().invoke(main, ["run", str(TINY), "--out", str(tiny_run)])
     assert result.exit_code == 0, result.output
     assert _finished(tiny_run) == before
-
-
-def test_changed_setting_reruns_only_what_depends_on_it(tiny_run, tmp_path):
-    copy = tmp_path / "copy"
-    shutil.copytree(tiny_run, copy)
-    before = _finished(copy)
-    result = CliRunner().invoke(main, ["run", str(TINY), "curate.top_fraction=0.34", "--out", str(copy)])
-    assert result.exit_code == 0, result.output
-    after = _finished(copy)
-    unchanged = [s for s in STAGES if after[s] == before[s]]
-    assert unchanged == ["seed", "corpus", "backward", "augment", "round_00/train", "round_01/score"]
-    n_scored = sum(1 for s in read_jsonl(copy / "round_01" / "score" / "scored.jsonl") if s["score"] is not None)
-    assert len(read_jsonl(copy / "round_01" / "select" / "curated.jsonl")) == max(1, round(n_scored * 0.34))
 
 
 def test_killed_mid_augment_resumes_to_the_uninterrupted_result(tiny_run, tmp_path):

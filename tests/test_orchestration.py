@@ -88,9 +88,12 @@ def test_a_stage_that_reruns_to_the_same_bytes_invalidates_nothing_below(fake_ru
 
 
 def test_selection_change_retrains_from_that_round_on(fake_run, stub_training, tmp_path):
-    ran = _rerun(_copy(fake_run, tmp_path), "curate.top_fraction=0.34")
+    out = _copy(fake_run, tmp_path)
+    ran = _rerun(out, "curate.top_fraction=0.34")
     assert ran[:3] == ["round_01/select", "round_01/train", "round_02/score"]
     assert {"seed", "corpus", "backward", "augment", "round_00/train", "round_01/score"}.isdisjoint(ran)
+    n_scored = sum(1 for s in read_jsonl(out / "round_01" / "score" / "scored.jsonl") if s["score"] is not None)
+    assert len(read_jsonl(out / "round_01" / "select" / "curated.jsonl")) == max(1, round(n_scored * 0.34))
 
 
 def test_lowering_rounds_leaves_later_rounds_out_of_evaluation_and_report(fake_run, stub_training, tmp_path):
