@@ -109,13 +109,14 @@ def _load(weights: str, cfg: TrainConfig, seed: int):
         )
         return model, tok, None
 
-    kwargs: dict[str, Any] = {"dtype": torch.bfloat16}
+    # Weights as safetensors only (no pickle) and no code from the model repo.
+    kwargs: dict[str, Any] = {"dtype": torch.bfloat16, "use_safetensors": True, "trust_remote_code": False}
     if cfg.quantize == "nf4":
         kwargs["quantization_config"] = BitsAndBytesConfig(
             load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.bfloat16
         )
     model = AutoModelForCausalLM.from_pretrained(weights, **kwargs)
-    tok = AutoTokenizer.from_pretrained(weights)
+    tok = AutoTokenizer.from_pretrained(weights, trust_remote_code=False)
     peft_cfg = LoraConfig(
         r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
         target_modules=cfg.target_modules, task_type="CAUSAL_LM",

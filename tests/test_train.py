@@ -1,5 +1,7 @@
 """Training rows: what the trainer sees must fit max_length and still end its turn."""
 
+import pytest
+
 from humpback_lite import prompts
 from humpback_lite.train import fit_rows
 
@@ -19,3 +21,19 @@ def test_a_long_answer_is_cut_at_a_sentence_end_and_keeps_its_end_of_turn(hf_wei
     assert text.rstrip().endswith("<|im_end|>")  # the turn still ends: the model learns to stop
     short = prompts.forward_row({"instruction": "Explain lists.", "output": "Lists hold items."})
     assert fit_rows([short], tok, max_length=128)[0]["completion"] == short["completion"]
+
+
+def test_training_never_unpickles_weights(hf_weights, tmp_path):
+    # a checkpoint that only has a pickle (pytorch_model.bin) is refused, not loaded
+    import shutil
+
+    from humpback_lite import train
+    from humpback_lite.recipe import TrainConfig
+
+    d = tmp_path / "weights"
+    shutil.copytree(hf_weights, d)
+    for f in d.glob("*.safetensors"):
+        f.unlink()
+    (d / "pytorch_model.bin").write_bytes(b"a pickle would run code here")
+    with pytest.raises(OSError, match="safetensors"):
+        train._load(str(d), TrainConfig(quantize="none"), 0)
