@@ -120,3 +120,17 @@ def test_a_full_disk_stops_with_one_line_and_leaves_no_half_written_file(tmp_pat
     assert "error:" in proc.stderr and "File too large" in proc.stderr
     assert list(tmp_path.iterdir()) == []  # neither the output nor a temp file
     assert _cli("segment", "pydoc:topics", "-o", str(out)).exit_code == 0  # space back: it works
+
+
+def test_ctrl_c_says_how_to_resume(monkeypatch, tmp_path):
+    from conftest import TINY
+
+    from humpback_lite import loop
+
+    def interrupted(recipe, out):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(loop, "run", interrupted)
+    result = _cli("run", str(TINY), "--out", str(tmp_path / "r"))
+    assert result.exit_code == 130 and "rerun the same command to resume" in result.output
+    assert "Traceback" not in result.output
