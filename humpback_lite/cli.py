@@ -296,7 +296,8 @@ def segment(inputs, output, min_chars, max_chars, max_segments, text_field, incl
     warn = lambda w: console.print(w, highlight=False, soft_wrap=True)  # noqa: E731
     counts = corpus.run(list(inputs), Path(output), filters, max_segments, workers=workers, warn=warn)
     console.print(funnel_table(counts["funnel"]))
-    console.print(f"{counts['segments']} segments -> {output}")
+    share = f" ({counts['yield']:.0%} of the extracted text)" if counts["yield"] is not None else ""
+    console.print(f"{counts['segments']} segments -> {output}{share}")
 
 
 @main.command()

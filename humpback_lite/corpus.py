@@ -231,6 +231,7 @@ def process_document(doc: Document, f: Filters) -> tuple[list[tuple[str, str | N
     counts["documents"] += len(docs) if doc.kind == "html" else 1
     out = []
     for d in docs:
+        counts["chars_extracted"] += len(d.text)
         if f.headers and (why := bad_heading(d.heading)):
             counts[f"dropped_{why}"] += 1
             continue
@@ -284,6 +285,7 @@ def iter_segments(refs: list[str], f: Filters, funnel: Funnel,
                             funnel.counts["dropped_near_duplicate"] += 1
                             continue
                     funnel.counts["kept"] += 1
+                    funnel.counts["chars_kept"] += len(text)
                     yield {"text": text, "provenance": source, "heading": heading, "offset": offset}
     finally:
         if pool:
@@ -356,4 +358,7 @@ def run(refs: list[str], out: Path, filters: Filters, max_segments: int | None =
     if not kept:
         Path(out).unlink(missing_ok=True)
         raise CorpusError(f"no segments of {filters.min_chars}-{filters.max_chars} characters in {', '.join(refs)}")
-    return {"segments": kept, "funnel": dict(funnel.counts)}
+    extracted = funnel.counts["chars_extracted"]
+    # yield: the share of the extracted text that reached the segments (before any max_segments sample)
+    return {"segments": kept, "funnel": dict(funnel.counts),
+            "yield": round(funnel.counts["chars_kept"] / extracted, 3) if extracted else None}

@@ -138,14 +138,23 @@ def text_blocks(f: BinaryIO, source: str, funnel: Funnel) -> Iterator[Document]:
         yield Document("".join(buf), source, None, f"line {start}")
 
 
-def markdown_sections(text: str, source: str, offset: int | str = 0) -> Iterator[Document]:
-    """One document per heading: the heading and the text that follows it."""
-    heading, buf = "", []
+def _norm(text: str) -> str:
+    return " ".join(text.split()).strip("# ").lower()
+
+
+def markdown_sections(text: str, source: str, offset: int | str = 0, headings: set[str] | None = None,
+                      first: str = "") -> Iterator[Document]:
+    """One document per heading: the heading and the text that follows it. With `headings` (the
+    document's real ones, normalised), a `#` line that is not one of them is text: a comment line
+    of a code listing stays in its section. `first` names the text before the first heading."""
+    heading, buf = first, []
     fenced = False
     for line in text.splitlines():
         if line.lstrip().startswith(("```", "~~~")):
             fenced = not fenced  # a "# comment" inside a code block is not a heading
         m = None if fenced else _HEADING.match(line)
+        if m and headings is not None and _norm(m.group(2)) not in headings:
+            m = None
         if m:
             if any(s.strip() for s in buf):
                 yield Document("\n".join(buf).strip(), source, heading, offset)
@@ -158,13 +167,59 @@ def markdown_sections(text: str, source: str, offset: int | str = 0) -> Iterator
 
 def html_sections(html: str | bytes, source: str, offset: int | str = 0) -> Iterator[Document]:
     """Main content via trafilatura (drops navigation, footers, comments), as Markdown so the
-    headings survive; then the paper's rule: the text after each heading is a candidate."""
+    headings survive; then the paper's rule: the text after each heading is a candidate.
+
+    Which lines are headings comes from the page's own h1-h6 elements, not from `#` in the
+    extracted text: trafilatura writes code listings as plain lines, so a shell comment such as
+    `# Base repository` would otherwise cut a section in two. Text before the first heading takes
+    the page's <title>."""
     import trafilatura
 
     md = trafilatura.extract(html, output_format="markdown", include_formatting=True, include_comments=False,
                              include_tables=False, include_links=False, include_images=False, favor_recall=True)
-    if md:
-        yield from markdown_sections(_MD_ESCAPE.sub(r"\1", md), source, offset)
+    if not md:
+        return
+    md = _MD_ESCAPE.sub(r"\1", md)
+    tree = _parse(html)
+    headings = {_norm(h.text_content()) for h in tree.iter(*_H)} - {""} if tree is not None else set()
+    title = " ".join((tree.findtext(".//title") or "").split()) if tree is not None else ""
+    kept = {_norm(m.group(2)) for line in md.splitlines() if (m := _HEADING.match(line))} & headings
+    if headings and not kept and tree is not None:
+        # trafilatura kept the content but none of the page's headings (it does so on some
+        # DocBook pages): cut the page at its own headings, keeping the blocks trafilatura kept.
+        yield from _dom_sections(tree, _norm(md), source, offset, title)
+        return
+    yield from markdown_sections(md, source, offset, headings, title)
+
+
+_H = ("h1", "h2", "h3", "h4", "h5", "h6")
+_BLOCKS = {"p", "pre", "li", "dd", "dt", "blockquote", "td"}
+
+
+def _parse(html: str | bytes):
+    import lxml.html
+
+    try:
+        return lxml.html.fromstring(html)
+    except (ValueError, lxml.etree.ParserError):
+        return None
+
+
+def _dom_sections(tree, content: str, source: str, offset: int | str, title: str) -> Iterator[Document]:
+    """Sections of the page cut at its h1-h6, each the blocks (paragraphs, listings, items) whose text
+    trafilatura's main-content extraction also kept (`content`, normalised)."""
+    heading, buf = title, []
+    for el in tree.iter(*_H, *_BLOCKS):
+        if el.tag in _H:
+            if buf:
+                yield Document("\n\n".join(buf), source, heading, offset)
+            heading, buf = " ".join(el.text_content().split()), []
+        elif not any(a.tag in _BLOCKS for a in el.iterancestors()):  # outermost block only
+            text = el.text_content().strip("\n") if el.tag == "pre" else " ".join(el.text_content().split())
+            if text.strip() and _norm(text)[:200] in content:
+                buf.append(text)
+    if buf:
+        yield Document("\n\n".join(buf), source, heading, offset)
 
 
 def warc_documents(f: BinaryIO, source: str, funnel: Funnel) -> Iterator[Document]:

@@ -156,7 +156,7 @@ def test_segment_command_prints_funnel_and_fails_clearly_on_nothing(tmp_path):
     out = tmp_path / "segments.jsonl"
     res = CliRunner().invoke(main, ["segment", str(tmp_path / "page.html"), "-o", str(out), "--min-chars", "200"])
     assert res.exit_code == 0, res.output
-    assert "corpus funnel" in res.output and "dropped_allcaps_heading" in res.output
+    assert "corpus funnel" in res.output and "dropped_allcaps_heading" in res.output and "of the extracted text" in res.output
     rows = read_jsonl(out, required=("text", "provenance"))
     assert [r["heading"] for r in rows] == ["Python lists", "Slicing"]
     (tmp_path / "tiny.txt").write_text("too short")
@@ -219,3 +219,42 @@ def test_hash_lines_inside_code_blocks_are_not_headings():
 
     md = "# Rebasing\n\nIntro text.\n\n```\n# a shell comment\ngit rebase -i\n```\n\nMore text.\n\n## Next\n\nBody."
     assert [d.heading for d in markdown_sections(md, "x.md")] == ["Rebasing", "Next"]
+
+
+MANUAL = """<html><head><title>Configuring repositories</title></head><body>
+<div class="navheader"><a href="index.html">Home</a> | <a href="next.html">Next</a></div>
+<div class="section"><h3 class="title">3.1. Adding a repository</h3>
+<p>Repositories are listed in files under the sources directory. Each line names a type, a URL, a suite
+and the components to use. The package manager reads every file there when it updates its lists.</p>
+<div class="example"><p class="title"><b>Example 3.1. A repository file</b></p>
+<pre class="programlisting"># Base repository
+deb http://deb.example.org/debian stable main
+# Security updates
+deb http://security.example.org stable-security main
+</pre></div>
+<p>After saving the file, run the update command. The new packages then appear in searches and can be
+installed like any other package; their signatures are checked with the keys the system trusts.</p>
+</div>
+<div class="section"><h3 class="title">3.2. Pinning</h3>
+<p>Pinning gives packages from one repository priority over another. A preferences file assigns a
+priority to a release or origin, and the package manager installs the candidate with the highest one.</p>
+</div></body></html>"""
+
+
+def test_html_headings_come_from_the_page_so_code_comments_stay_in_their_section(tmp_path):
+    from humpback_lite.readers import html_sections
+
+    docs = list(html_sections(MANUAL, "manual.html"))
+    assert [d.heading for d in docs] == ["3.1. Adding a repository", "3.2. Pinning"]
+    assert "# Security updates" in docs[0].text and "After saving the file" in docs[0].text
+    (tmp_path / "manual.html").write_text(MANUAL)
+    records, funnel = segment([str(tmp_path)], 150, 1000, filters=f(min_chars=150))
+    assert [r["heading"] for r in records] == ["3.1. Adding a repository", "3.2. Pinning"]
+    assert funnel.counts["chars_kept"] / funnel.counts["chars_extracted"] > 0.9
+
+
+def test_text_before_the_first_heading_takes_the_page_title():
+    from humpback_lite.readers import html_sections
+
+    page = f"<html><head><title>Lists in Python</title></head><body><p>{LISTS}</p></body></html>"
+    assert [d.heading for d in html_sections(page, "p.html")] == ["Lists in Python"]
