@@ -50,6 +50,33 @@ def gguf_model_info(path: str | Path) -> dict[str, Any]:
     }
 
 
+def check_adapter(adapter: str | Path, base: str | Path) -> None:
+    """Refuse a GGUF LoRA that does not fit `base` before llama.cpp sees it: llama.cpp 0.3.36 loads
+    one whose shapes belong to another model and then crashes in its first decode (measured)."""
+    import gguf
+
+    reader = gguf.GGUFReader(str(adapter))
+    arch_field = reader.fields.get("general.architecture")
+    info = gguf_model_info(base)
+    if arch_field is not None and arch_field.contents() != info["arch"]:
+        raise AdapterError(f"{adapter}: a LoRA for a {arch_field.contents()} model, the base {Path(base).name} "
+                           f"is {info['arch']} (made for another base model?)")
+    shapes = {t.name: tuple(int(x) for x in t.shape) for t in reader.tensors}
+    for name, a in shapes.items():
+        if not name.endswith(".lora_a"):
+            continue
+        target = name.removesuffix(".lora_a")
+        b = shapes.get(target + ".lora_b")
+        base_shape = info["tensors"].get(target)
+        if b is None or base_shape is None:
+            raise AdapterError(f"{adapter}: {target} " + ("has no lora_b" if b is None else
+                               f"is not in the base {Path(base).name} (made for another base model?)"))
+        # GGUF order (ne0, ne1): base (in, out), lora_a (in, r), lora_b (r, out)
+        if (a[0], b[1]) != base_shape[:2] or a[1] != b[0]:
+            raise AdapterError(f"{adapter}: {target} is {base_shape[1]}x{base_shape[0]} in {Path(base).name}, "
+                               f"the LoRA is for {b[1]}x{a[0]} (made for another base model?)")
+
+
 def permute_rows(w: np.ndarray, n_head: int) -> np.ndarray:
     """The row order llama.cpp's converter gives q/k projections for the llama architecture
     (each head's two rotary halves interleaved)."""

@@ -125,7 +125,10 @@ class Engine:
         self.gguf = Path(gguf)
         check_gguf(self.gguf)
         if adapter is not None:
+            from .adapters import check_adapter
+
             check_gguf(Path(adapter))
+            check_adapter(adapter, self.gguf)
         self.extra_buffers = use_extra_buffers(extra_buffers)
         self.name = self.gguf.name + (f" + {Path(adapter).name}" if adapter else "")
         crashguard.install()  # before quiet_stderr redirects fd 2

@@ -134,3 +134,25 @@ def test_ctrl_c_says_how_to_resume(monkeypatch, tmp_path):
     result = _cli("run", str(TINY), "--out", str(tmp_path / "r"))
     assert result.exit_code == 130 and "rerun the same command to resume" in result.output
     assert "Traceback" not in result.output
+
+
+def test_an_adapter_made_for_another_base_is_refused_in_one_line(model_gguf, tmp_path):
+    # a LoRA whose shapes belong to a wider model: llama.cpp must refuse it, and we must say which file
+    import gguf
+    import numpy as np
+
+    bad = tmp_path / "other-base.gguf"
+    writer = gguf.GGUFWriter(str(bad), "llama")
+    writer.add_type(gguf.GGUFType.ADAPTER)
+    writer.add_string(gguf.Keys.Adapter.TYPE, "lora")
+    writer.add_float32(gguf.Keys.Adapter.LORA_ALPHA, 8.0)
+    writer.add_tensor("blk.0.attn_q.weight.lora_a", np.zeros((4, 2048), dtype=np.float32))
+    writer.add_tensor("blk.0.attn_q.weight.lora_b", np.zeros((2048, 4), dtype=np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    pairs = tmp_path / "p.jsonl"
+    pairs.write_text('{"instruction": "a", "output": "b"}\n')
+    result = _cli("score", str(pairs), "-o", str(tmp_path / "o.jsonl"), "--adapter", str(bad))
+    _one_clear_line(result, "other-base.gguf")
