@@ -78,3 +78,31 @@ def test_a_run_stopped_by_a_full_disk_resumes_to_the_same_bytes(model_gguf, tmp_
     subprocess.run(_cmd(out), env=_env(), check=True)
     for f in COMPARED:
         assert (out / f).read_bytes() == (ref / f).read_bytes(), f
+
+
+def test_training_killed_midway_leaves_nothing_and_retrains_to_the_same_adapter(hf_weights, tmp_path):
+    # the real trainer and converter write through atomic_dir/atomic_path: a kill leaves no adapter
+    from humpback_lite.seed import load_seed
+
+    data = tmp_path / "data.jsonl"
+    rows, _ = load_seed("builtin:seed", 0, 16)
+    data.write_text("".join(json.dumps({"instruction": r["instruction"], "output": r["output"]}) + "\n" for r in rows))
+    env = {**os.environ, "HUMPBACK_QUIET": "1"}
+
+    def train(out: Path) -> list[str]:
+        return [sys.executable, "-m", "humpback_lite", "train", str(data), "-o", str(out), "max_steps=4",
+                "batch_size=2", "max_length=128", "lora_r=4", "quantize=none"]
+
+    t0 = time.time()
+    subprocess.run(train(tmp_path / "ref"), env=env, check=True, capture_output=True)
+    total = time.time() - t0
+    out = tmp_path / "killed"
+    proc = subprocess.Popen(train(out), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(total * 0.7)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    # killed in training: nothing; killed in conversion: the adapter folder without a half-written .gguf
+    assert not out.exists() or not [p for p in out.rglob(".*")], list(out.rglob("*"))
+    subprocess.run(train(out), env=env, check=True, capture_output=True)
+    for f in ("adapter_model.safetensors", "adapter.gguf"):
+        assert (out / f).read_bytes() == (tmp_path / "ref" / f).read_bytes(), f
