@@ -8,14 +8,13 @@ import json
 import shutil
 from pathlib import Path
 
-import yaml
-
 from . import layout, prompts
 from .models import ModelCard
 from .recipe import Recipe, dump_recipe
 from .store import Run, read_jsonl, write_json, write_jsonl, write_text
 
 EXPORT_VERSION = 2  # bump when the export folder's contents change
+TEMPLATES = Path(__file__).resolve().parent / "templates"
 
 OLLAMA_CHATML = '''TEMPLATE """{{- if .System }}<|im_start|>system
 {{ .System }}<|im_end|>
@@ -69,6 +68,22 @@ def eval_table(run: Run) -> list[str]:
     return lines
 
 
+def model_card(run: Run, recipe: Recipe, card: ModelCard, table: list[dict], n_seed: int, n_aug: int,
+               merged: bool, system: str) -> str:
+    """README.md of the export: the Hub's metadata header (huggingface_hub's ModelCardData) and
+    templates/model_card.md rendered with this run's figures."""
+    from huggingface_hub import ModelCard, ModelCardData
+
+    rendered = ModelCard.from_template(
+        ModelCardData(**hf_metadata(recipe, card)), template_path=str(TEMPLATES / "model_card.md"),
+        name=recipe.name, base=card, n_seed=n_seed, n_aug=n_aug, rounds=recipe.rounds, mode=recipe.curate.mode,
+        rule=_rule(recipe.curate), table=table, evals="\n".join(eval_table(run)),
+        weights=card.hf_id or str(card.weights_dir), merged=merged, merged_type=recipe.export.merged_type,
+        system=system, base_source=_base_source(card), tags=recipe.tags, augmented_tag=prompts.AUGMENTED_TAG,
+        recipe_yaml=dump_recipe(recipe).rstrip())
+    return str(rendered).rstrip() + "\n"
+
+
 def hf_metadata(recipe: Recipe, card: ModelCard) -> dict:
     """The YAML header the Hugging Face Hub reads from README.md."""
     meta: dict = {}
@@ -115,71 +130,7 @@ def export(run: Run, recipe: Recipe, card: ModelCard, gguf: Path, out: Path) -> 
     table = round_table(run, recipe.rounds)
     n_seed = sum(1 for d in data if d["source"] == "seed")
     n_aug = len(data) - n_seed
-    lines = [
-        "---",
-        yaml.safe_dump(hf_metadata(recipe, card), sort_keys=False).rstrip(),
-        "---",
-        "",
-        f"# {recipe.name}: LoRA adapter from instruction backtranslation",
-        "",
-        f"Base model: **{card.name}** ({card.description}); license of the base: {card.license}.",
-        f"Trained by humpback_lite on {n_seed} seed pairs and {n_aug} self-curated augmented pairs "
-        f"after {recipe.rounds} round(s) of self-curation (curation mode `{recipe.curate.mode}`, "
-        f"{_rule(recipe.curate)}).",
-        "",
-        "## Rounds",
-        "",
-        "| round | model | candidates | kept | rows trained | train loss |",
-        "|---|---|---|---|---|---|",
-    ]
-    for row in table:
-        lines.append("| {round} | {model} | {c} | {k} | {t} | {l} |".format(
-            round=row["round"], model=row["model"], c=row["candidates"] or "-", k=row["kept"] if row["kept"] is not None else "-",
-            t=row["trained_rows"] or "-", l=row["train_loss"] or "-"))
-    evals = eval_table(run)
-    if evals:
-        lines += ["", "## Evaluation (offline, on this machine)", "", *evals]
-    lines += [
-        "",
-        "## Use it",
-        "",
-        "PEFT (transformers):",
-        "```python",
-        "from peft import PeftModel",
-        "from transformers import AutoModelForCausalLM",
-        f"base = AutoModelForCausalLM.from_pretrained({(card.hf_id or str(card.weights_dir))!r})",
-        "model = PeftModel.from_pretrained(base, 'adapter')",
-        "```",
-        *(["llama.cpp, one file (base with the adapter merged in):", "```",
-            f'llama-cli -m model.gguf -sys "{system}"', "```"] if merged else []),
-        f"llama.cpp, base + adapter (BASE.gguf: the base model's GGUF, {_base_source(card)}):",
-        "```",
-        f'llama-cli -m BASE.gguf --lora adapter.gguf -sys "{system}"',
-        "```",
-        "Ollama:",
-        "```",
-        "ollama create my-humpback -f Modelfile && ollama run my-humpback",
-        "```",
-        (f'The system prompt "{system}" is the seed tag the model was trained with; '
-         f'augmented pairs carried "{prompts.AUGMENTED_TAG}".') if recipe.tags else
-        f'The system prompt "{system}" is the one every training row had (recipe `tags: false`).',
-        "",
-        "## Files",
-        "",
-        "- `adapter/`: PEFT LoRA (`adapter_config.json`, `adapter_model.safetensors`)",
-        "- `adapter.gguf`: the same LoRA for llama.cpp",
-        *([f"- `model.gguf`: the base with the adapter merged in (adapted tensors as {recipe.export.merged_type})"]
-          if merged else []),
-        "- `dataset.jsonl`: every pair the final model trained on (`instruction`, `output`, `source`, `score`, `round`, `provenance`)",
-        "- `Modelfile`: Ollama",
-        "",
-        "## Recipe",
-        "",
-        "```yaml",
-        dump_recipe(recipe).rstrip(),
-        "```",
-    ]
-    write_text(out / "README.md", "\n".join(lines) + "\n")
+    write_text(out / "README.md", model_card(run, recipe, card, table, n_seed, n_aug, merged is not None, system))
     write_json(out / "rounds.json", table)
     out_counts = {"dataset_rows": len(data), "seed_rows": n_seed, "augmented_rows": n_aug}
     if merged:
