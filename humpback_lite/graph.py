@@ -26,8 +26,12 @@ STAGE_VERSION = 4  # bump when a stage's output format or algorithm changes
 # Kernel choices, not results: thread count does not change llama.cpp's numbers; extra buffers
 # (repacked layouts) change only float rounding, and users switch them off after a crash.
 ENGINE_SAME = ("engine.n_threads", "engine.extra_buffers")
+# Both lists are spelled out: a new `data` field is in neither, so it reruns both stages (the seed
+# split costs milliseconds, and its unchanged output stops the chain) rather than neither.
 SEED_FIELDS = ("data.seed", "data.heldout", "data.max_seed")
-CORPUS_FIELDS = tuple(f"data.{f.name}" for f in dataclasses.fields(Recipe().data) if f"data.{f.name}" not in SEED_FIELDS)
+CORPUS_FIELDS = tuple(f"data.{name}" for name in (
+    "corpus", "min_chars", "max_chars", "max_segments", "text_field", "include", "exclude", "repetition",
+    "headers", "boilerplate", "language", "dedup", "dedup_threshold"))
 SELECT_ONLY = ("curate.threshold", "curate.top_fraction", "curate.target_count", "curate.dedup", "curate.max_per_source")
 # `name` labels a run; `rounds` decides which stages exist, which the inputs already capture.
 EVERYWHERE = ("run.name", "run.rounds")

@@ -231,12 +231,13 @@ def file_digest(path: str | Path, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
-def tree_digest(root: str | Path, cache: Path | None = None) -> str:
-    """The identity of a file or folder tree by content. With `cache` (a JSON index), files whose
-    size and mtime are unchanged are not read again: a large corpus costs a stat per file per
-    command, not a full read."""
+def tree_digest(root: str | Path, cache: Path | None = None, hidden: bool = True) -> str:
+    """The identity of a file or folder tree by content (`hidden=False` leaves out dot-files and
+    dot-folders: temp files). With `cache` (a JSON index), files whose size and mtime are unchanged
+    are not read again: a large corpus costs a stat per file per command, not a full read."""
     root = Path(root)
-    files = sorted(f for f in root.rglob("*") if f.is_file()) if root.is_dir() else [root]
+    files = sorted(f for f in root.rglob("*") if f.is_file() and (
+        hidden or not any(part.startswith(".") for part in f.relative_to(root).parts))) if root.is_dir() else [root]
     try:
         index = read_json(cache) if cache is not None and cache.exists() else {}
     except (OSError, ValueError):
@@ -253,14 +254,6 @@ def tree_digest(root: str | Path, cache: Path | None = None) -> str:
         with contextlib.suppress(OSError):  # a read-only cache folder costs speed, not correctness
             write_json(cache, fresh)
     return fingerprint(parts)
-
-
-def dir_digest(path: str | Path) -> str:
-    """The identity of a folder's files: names and contents (temp files and dot-folders left out)."""
-    root = Path(path)
-    files = sorted(f for f in root.rglob("*") if f.is_file()
-                   and not any(part.startswith(".") for part in f.relative_to(root).parts))
-    return fingerprint([(str(f.relative_to(root)), file_digest(f)) for f in files])
 
 
 # ----------------------------------------------------------------------------- the run folder
@@ -367,7 +360,7 @@ class Run:
         rec["finished"] = time.time()
         rec["seconds"] = round(rec["finished"] - rec["started"], 2)
         rec["counts"] = counts or {}
-        rec["output"] = dir_digest(self.dir(stage))
+        rec["output"] = tree_digest(self.dir(stage), hidden=False)
         self._save()
 
     def output_digest(self, stage: str) -> str:
