@@ -75,7 +75,7 @@ def test_a_plain_wheel_install_ships_the_model_cards_and_seed(tmp_path):
     from pathlib import Path
 
     root = Path(__file__).resolve().parent.parent
-    subprocess.run([sys.executable, "-m", "pip", "wheel", str(root), "--no-deps", "--no-build-isolation", "-q",
+    subprocess.run([sys.executable, "-m", "pip", "wheel", str(root), "--no-deps", "-q",
                     "-w", str(tmp_path / "dist")], check=True, cwd=tmp_path)
     (wheel,) = (tmp_path / "dist").glob("humpback_lite-*.whl")
     zipfile.ZipFile(wheel).extractall(tmp_path / "site")
