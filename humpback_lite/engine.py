@@ -3,8 +3,8 @@
 Generation goes through llama-cpp-python's high-level API; scoring reads next-token logits
 through its low-level binding (`llama_get_logits_ith`) so no `logits_all` buffer is needed.
 Chat prompts are rendered with the GGUF's own template, the one training uses too.
-Every GGUF the project runs is loaded here (`Engine`, or `Engine.from_config` with a recipe's
-engine settings), so model parameters such as `extra_buffers` apply everywhere.
+Every GGUF the project runs is loaded here (`Engine`; stages get theirs from `engines.make`,
+which applies a recipe's engine settings through `Engine.from_config`), so model parameters such as `extra_buffers` apply everywhere.
 Knows nothing of training.
 """
 

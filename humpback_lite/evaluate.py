@@ -247,7 +247,6 @@ def summarize(names: list[str], heldout: list[dict], out_dir: Path, judge_name: 
             "nll_diff": nll_diffs}
 
 
-ABLATIONS = layout.ABLATIONS
 LOOP_SHARE = 0.3  # an answer "loops" when this share of its word 4-grams repeats an earlier one
 
 
@@ -260,7 +259,7 @@ def matchups_of(names: list[str]) -> list[tuple[str, str]]:
     """Every model vs base and vs M0; the final curated model vs each ablation model."""
     out = [(n, "base") for n in names if n != "base"] + [(n, "M0") for n in names if n not in ("base", "M0")]
     final = last_round_model(names)
-    return out + [(final, a) for a in names if a in ABLATIONS and final is not None]
+    return out + [(final, a) for a in names if a in layout.ABLATIONS and final is not None]
 
 
 def work_units(names: list[str], n_heldout: int) -> int:

@@ -16,7 +16,7 @@ from typing import Any
 import yaml
 
 from . import layout
-from .evaluate import ABLATIONS, curation_figures, data_stats, last_round_model
+from .evaluate import curation_figures, data_stats, last_round_model
 from .store import Run, read_jsonl, write_text
 
 EXAMPLE_CHARS = 700
@@ -245,10 +245,10 @@ def _ablation_html(ev: dict) -> list[str]:
     """Curated vs random vs all vs seed-only, with intervals, and a plain verdict."""
     diffs = ev.get("nll_diff") or {}
     final = last_round_model(list(ev["models"]))
-    if not final or not any(a in ev["models"] for a in ABLATIONS):
+    if not final or not any(a in ev["models"] for a in layout.ABLATIONS):
         return []
     rows, verdicts = [], []
-    for other in ["M0", *[a for a in ABLATIONS if a in ev["models"]]]:
+    for other in ["M0", *[a for a in layout.ABLATIONS if a in ev["models"]]]:
         d = diffs.get(f"{final} - {other}")
         w = ev["models"][final].get(f"vs_{other}") or {}
         rows.append([f"{final} vs {other}", d and d["diff"], d and f"[{d['ci'][0]}, {d['ci'][1]}]", _rate_ci(w)])
