@@ -14,6 +14,7 @@ from pathlib import Path
 from . import prompts, ui
 from .engine import Engine
 from .engines import EngineFactory
+from .layout import AugmentCounts
 from .recipe import AugmentConfig
 from .store import read_jsonl, resume_jsonl
 
@@ -33,7 +34,7 @@ def augment(
     cfg: AugmentConfig,
     seed: int = 0,
     on_item: Callable[[], None] | None = None,
-) -> dict[str, int]:
+) -> AugmentCounts:
     """Write `{"id", "instruction", "output", "provenance", "raw"}` per segment to out_path."""
 
     def pair(seg: dict) -> dict:
@@ -45,11 +46,11 @@ def augment(
                 "raw": raw}
 
     done, new = resume_jsonl(out_path, segments, key=lambda s: s["id"], work=pair, on_item=on_item)
-    return {"pairs": done + new, "resumed_from": done}
+    return AugmentCounts(pairs=done + new, resumed_from=done)
 
 
 def run(segments: Path, out: Path, cfg: AugmentConfig, engines: EngineFactory, adapter: Path | None,
-        seed: int = 0, progress=ui.progress) -> dict[str, int]:
+        seed: int = 0, progress=ui.progress) -> AugmentCounts:
     """The augment stage: `segments` (JSONL with `text`; `id` assigned by line when missing) ->
     `out` (pairs, appended and resumable), written by the backward model `adapter`."""
     rows = read_jsonl(segments, required=("text",))
@@ -61,5 +62,5 @@ def run(segments: Path, out: Path, cfg: AugmentConfig, engines: EngineFactory, a
             counts = augment(engine, rows, out, cfg, seed, on_item=advance)
     finally:
         engine.close()
-    counts["empty_instructions"] = sum(1 for p in read_jsonl(out) if not p["instruction"].strip())
+    counts.empty_instructions = sum(1 for p in read_jsonl(out) if not p["instruction"].strip())
     return counts

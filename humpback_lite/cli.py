@@ -295,9 +295,9 @@ def segment(inputs, output, min_chars, max_chars, max_segments, text_field, incl
                              exclude=list(exclude))
     warn = lambda w: console.print(w, highlight=False, soft_wrap=True)  # noqa: E731
     counts = corpus.run(list(inputs), Path(output), filters, max_segments, workers=workers, warn=warn)
-    console.print(funnel_table(counts["funnel"]))
-    share = f" ({counts['yield']:.0%} of the extracted text)" if counts["yield"] is not None else ""
-    console.print(f"{counts['segments']} segments -> {output}{share}")
+    console.print(funnel_table(counts.funnel))
+    share = f" ({counts.text_yield:.0%} of the extracted text)" if counts.text_yield is not None else ""
+    console.print(f"{counts.segments} segments -> {output}{share}")
 
 
 @main.command()
@@ -319,7 +319,7 @@ def augment(segments, output, model, adapter, temperature, top_p, max_new_tokens
     cfg = AugmentConfig(temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens)
     counts = stage.run(Path(segments), Path(output), cfg, _engines(model, n_ctx, extra_buffers, seed),
                        Path(adapter) if adapter else None, seed)
-    console.print(f"{counts['pairs']} pairs -> {output}")
+    console.print(f"{counts.pairs} pairs -> {output}")
 
 
 @main.command()
@@ -356,8 +356,8 @@ def score(pairs, output, model, adapter, mode, backward_adapter, instruction_fie
     summary = run_score(rows, Path(output), cfg, _engines(model, n_ctx, extra_buffers),
                         judge=Path(adapter) if adapter else None,
                         backward=Path(backward_adapter) if backward_adapter else None, tags=not no_tags)
-    console.print(f"{summary['scored']} scored -> {output}; mean {summary['mean_score']}"
-                  + (f"; rubric histogram {summary['histogram']}" if summary["histogram"] else ""))
+    console.print(f"{summary.scored} scored -> {output}; mean {summary.mean_score}"
+                  + (f"; rubric histogram {summary.histogram}" if summary.histogram else ""))
 
 
 @main.command()

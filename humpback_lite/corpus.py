@@ -27,6 +27,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+from .layout import CorpusCounts
 from .readers import CorpusError, Document, Funnel, documents, html_sections, input_bytes  # noqa: F401
 from .store import atomic_path
 
@@ -359,6 +360,6 @@ def run(refs: list[str], out: Path, filters: Filters, max_segments: int | None =
         Path(out).unlink(missing_ok=True)
         raise CorpusError(f"no segments of {filters.min_chars}-{filters.max_chars} characters in {', '.join(refs)}")
     extracted = funnel.counts["chars_extracted"]
-    # yield: the share of the extracted text that reached the segments (before any max_segments sample)
-    return {"segments": kept, "funnel": dict(funnel.counts),
-            "yield": round(funnel.counts["chars_kept"] / extracted, 3) if extracted else None}
+    # text_yield: the share of the extracted text that reached the segments (before any max_segments sample)
+    return CorpusCounts(segments=kept, funnel=dict(funnel.counts),
+                        text_yield=round(funnel.counts["chars_kept"] / extracted, 3) if extracted else None)

@@ -33,6 +33,7 @@ from pathlib import Path
 from . import prompts, ui
 from .engine import Engine
 from .engines import EngineFactory
+from .layout import ScoreCounts, SelectCounts
 from .recipe import CurateConfig
 from .signals import RUBRIC_MODES, SIGNALS, Scorer, combine, ranks
 from .store import DataError, read_jsonl, resume_jsonl, write_jsonl
@@ -406,7 +407,7 @@ def normalize_pairs(rows: list[dict], source: str, instruction_field: str | None
 
 def run_score(pairs: list[dict], out: Path, cfg: CurateConfig, engines: EngineFactory, judge: Path | None,
               backward: Path | None = None, tags: bool = True, checks: Path | None = None, seed: int = 0,
-              progress=ui.progress, label: str = "score") -> dict:
+              progress=ui.progress, label: str = "score") -> ScoreCounts:
     """The score stage: every pair scored by the `judge` adapter (and the `backward` model's for
     the backward signal) into `out`, resumable; with `checks`, the self-checks written there."""
     if "backward" in wanted_signals(cfg) and backward is None:
@@ -426,10 +427,10 @@ def run_score(pairs: list[dict], out: Path, cfg: CurateConfig, engines: EngineFa
         engine.close()
         if back is not None:
             back.close()
-    return counts
+    return ScoreCounts.of(counts)
 
 
-def run_select(scored_path: Path, checks_path: Path | None, out: Path, cfg: CurateConfig) -> dict:
+def run_select(scored_path: Path, checks_path: Path | None, out: Path, cfg: CurateConfig) -> SelectCounts:
     """The select stage: the kept pairs of `scored_path` into `out`, with the round's figures."""
     scored = read_jsonl(scored_path)
     dropped: Counter = Counter()
@@ -442,4 +443,4 @@ def run_select(scored_path: Path, checks_path: Path | None, out: Path, cfg: Cura
               "would_keep": selection_table(scored), "dropped_for_diversity": dict(dropped)}
     if checks_path is not None and checks_path.exists():
         counts.update(flip_rate(scored, read_jsonl(checks_path), cut))
-    return counts
+    return SelectCounts.of(counts)

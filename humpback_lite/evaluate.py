@@ -344,20 +344,20 @@ def curation_figures(run: Run, rounds: int | None = None) -> list[dict]:
     for r in layout.rounds(stages, "score"):
         if rounds is not None and r > rounds:
             continue
-        score = (stages.get(layout.stage("score", r)) or {}).get("counts") or {}
-        select = (stages.get(layout.stage("select", r)) or {}).get("counts") or {}
+        score = layout.ScoreCounts.of((stages.get(layout.stage("score", r)) or {}).get("counts"))
+        select = layout.SelectCounts.of((stages.get(layout.stage("select", r)) or {}).get("counts"))
         path = run.dir(layout.stage("score", r)) / "scored.jsonl"
         records = read_jsonl(path) if path.exists() else []
         scores = [s["score"] for s in records if s.get("score") is not None]
-        agreement = score.get("agreement_with_prev_judge")
+        agreement = score.agreement_with_prev_judge
         out.append({
-            "round": r, "judge": f"M{r - 1}", "candidates": select.get("candidates", len(scores)),
-            "kept": select.get("kept"), "cutoff": select.get("cutoff"), "histogram": select.get("histogram"),
-            "auc": score.get("auc"), "auc_hard": score.get("auc_hard"),
-            "auc_by_signal": score.get("auc_by_signal") or {}, "auc_hard_by_signal": score.get("auc_hard_by_signal") or {},
-            "flip_rate": select.get("injection_flip_rate"), "benign_flip_rate": select.get("benign_flip_rate"),
+            "round": r, "judge": f"M{r - 1}", "candidates": select.candidates or len(scores),
+            "kept": select.kept, "cutoff": select.cutoff, "histogram": select.histogram,
+            "auc": score.auc, "auc_hard": score.auc_hard,
+            "auc_by_signal": score.auc_by_signal, "auc_hard_by_signal": score.auc_hard_by_signal,
+            "flip_rate": select.injection_flip_rate, "benign_flip_rate": select.benign_flip_rate,
             "mode": next((s.get("mode") for s in records), None),
-            "agreement": agreement.get("spearman") if isinstance(agreement, dict) else agreement,
+            "agreement": agreement.get("spearman") if agreement else None,
             "scores": scores,
         })
     return out

@@ -38,14 +38,11 @@ def round_table(run: Run, rounds: int) -> list[dict]:
     for r in range(0, rounds + 1):
         sel = run.info(layout.stage("select", r)) if r else None
         tr = run.info(layout.stage("train", r))
-        rows.append({
-            "round": r,
-            "model": f"M{r}",
-            "candidates": (sel.counts or {}).get("candidates") if sel else None,
-            "kept": (sel.counts or {}).get("kept") if sel else None,
-            "trained_rows": (tr.counts or {}).get("rows") if tr else None,
-            "train_loss": (tr.counts or {}).get("train_loss") if tr else None,
-        })
+        s = layout.SelectCounts.of(sel.counts) if sel else None
+        t = layout.TrainCounts.of(tr.counts) if tr else None
+        rows.append({"round": r, "model": f"M{r}",
+                     "candidates": s and s.candidates, "kept": s and s.kept,
+                     "trained_rows": t and t.rows, "train_loss": t and t.train_loss})
     return rows
 
 
@@ -100,7 +97,7 @@ def hf_metadata(recipe: Recipe, card: ModelCard) -> dict:
     return meta
 
 
-def export(run: Run, recipe: Recipe, card: ModelCard, gguf: Path, out: Path) -> dict:
+def export(run: Run, recipe: Recipe, card: ModelCard, gguf: Path, out: Path) -> layout.ExportCounts:
     from .adapters import merge_gguf
 
     last = run.dir(layout.stage("train", recipe.rounds))
@@ -132,10 +129,8 @@ def export(run: Run, recipe: Recipe, card: ModelCard, gguf: Path, out: Path) -> 
     n_aug = len(data) - n_seed
     write_text(out / "README.md", model_card(run, recipe, card, table, n_seed, n_aug, merged is not None, system))
     write_json(out / "rounds.json", table)
-    out_counts = {"dataset_rows": len(data), "seed_rows": n_seed, "augmented_rows": n_aug}
-    if merged:
-        out_counts["merged_mb"] = round(merged["bytes"] / 2**20, 1)
-    return out_counts
+    return layout.ExportCounts(dataset_rows=len(data), seed_rows=n_seed, augmented_rows=n_aug,
+                               merged_mb=round(merged["bytes"] / 2**20, 1) if merged else None)
 
 
 # ----------------------------------------------------------------------------- Hugging Face Hub

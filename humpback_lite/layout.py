@@ -6,13 +6,17 @@
     ablation_random  ablation_all                           the models curation is compared with
     evaluate  export
 
-Nobody else builds or slices these strings.
+Nobody else builds or slices these strings. The figures each stage reports into the manifest
+are typed records here too (`SelectCounts`, `TrainCounts`, ...): a reader names a field, never a
+string key.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field, fields
+from typing import Any, Self
 
 ROUND_KINDS = ("score", "select", "train")
 ABLATIONS = ("random", "all")
@@ -62,3 +66,101 @@ def model_stage(model: str) -> str | None:
     if m := re.fullmatch(r"M(\d+)", model):
         return stage("train", int(m.group(1)))
     return ablation_stage(model) if model in ABLATIONS else None
+
+
+# ----------------------------------------------------------------------------- stage counts
+
+
+@dataclass(kw_only=True)
+class Counts:
+    """A stage's figures as the manifest stores them (one flat JSON object). A subclass names the
+    figures other modules read; `extra` keeps the rest (shown by `humpback status`)."""
+
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        named = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "extra"}
+        return {**self.extra, **named}
+
+    @classmethod
+    def of(cls, data: Mapping[str, Any] | None) -> Self:
+        """The record of a manifest entry's `counts` (missing figures take their defaults)."""
+        rest = dict(data or {})
+        known = {f.name for f in fields(cls)} - {"extra"}
+        return cls(**{k: rest.pop(k) for k in known if k in rest}, extra=rest)
+
+
+@dataclass(kw_only=True)
+class SeedCounts(Counts):
+    train: int = 0
+    heldout: int = 0
+
+
+@dataclass(kw_only=True)
+class CorpusCounts(Counts):
+    segments: int = 0
+    funnel: dict[str, int] = field(default_factory=dict)
+    text_yield: float | None = None  # kept characters / extracted characters
+
+
+@dataclass(kw_only=True)
+class AugmentCounts(Counts):
+    pairs: int = 0
+    resumed_from: int = 0
+    empty_instructions: int = 0
+
+
+@dataclass(kw_only=True)
+class ScoreCounts(Counts):
+    scored: int = 0
+    unscored: int = 0
+    mean_score: float | None = None
+    histogram: dict[str, int] = field(default_factory=dict)
+    checks: int = 0
+    auc: float | None = None
+    auc_hard: float | None = None
+    auc_by_signal: dict[str, float | None] = field(default_factory=dict)
+    auc_hard_by_signal: dict[str, float | None] = field(default_factory=dict)
+    agreement_with_prev_judge: dict[str, Any] | None = None
+
+
+@dataclass(kw_only=True)
+class SelectCounts(Counts):
+    candidates: int = 0
+    kept: int = 0
+    kept_share: float = 0.0
+    cutoff: float | None = None
+    histogram: dict[str, int] = field(default_factory=dict)
+    injection_flip_rate: float | None = None
+    benign_flip_rate: float | None = None
+
+
+@dataclass(kw_only=True)
+class TrainCounts(Counts):
+    rows: int = 0
+    steps: int = 0
+    train_loss: float | None = None
+    first_loss: float | None = None
+    last_loss: float | None = None
+    seconds: float | None = None
+    tokens_per_second: float | None = None
+    backend: str | None = None
+    seed_rows: int | None = None
+    augmented_rows: int | None = None
+
+
+@dataclass(kw_only=True)
+class EvaluateCounts(Counts):
+    heldout: int = 0
+    judge: str | None = None
+    nll: dict[str, float] = field(default_factory=dict)
+    win_vs_base: dict[str, float] = field(default_factory=dict)
+    skipped: str | None = None
+
+
+@dataclass(kw_only=True)
+class ExportCounts(Counts):
+    dataset_rows: int = 0
+    seed_rows: int = 0
+    augmented_rows: int = 0
+    merged_mb: float | None = None

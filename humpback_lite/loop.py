@@ -95,7 +95,7 @@ class Loop:
         rows, held = load_seed(data.seed, data.heldout, data.max_seed)
         write_jsonl(d / "train.jsonl", rows)
         write_jsonl(d / "heldout.jsonl", held)
-        return {"train": len(rows), "heldout": len(held)}
+        return layout.SeedCounts(train=len(rows), heldout=len(held))
 
     def _stage_corpus(self, p: graph.Planned, d: Path) -> dict:
         data = self.recipe.data
@@ -115,8 +115,8 @@ class Loop:
         if r.train.max_rows is not None:
             meta = meta[: r.train.max_rows]
         stats = self._train(d, meta, [prompts.forward_row(m, r.tags) for m in meta], r.train, label)
-        stats.update({"seed_rows": sum(1 for m in meta if m["source"] == "seed"),
-                      "augmented_rows": sum(1 for m in meta if m["source"] == "augmented")})
+        stats.seed_rows = sum(1 for m in meta if m["source"] == "seed")
+        stats.augmented_rows = sum(1 for m in meta if m["source"] == "augmented")
         return stats
 
     def _stage_train(self, p: graph.Planned, d: Path) -> dict:
@@ -134,7 +134,7 @@ class Loop:
                                   checks=d / "checks.jsonl", seed=r.seed + rnd, label=f"score (M{rnd - 1}")
         if rnd > 1:
             prev = read_jsonl(self._in(layout.stage("score", rnd - 1), "scored.jsonl"))
-            counts["agreement_with_prev_judge"] = curate.agreement(prev, read_jsonl(d / "scored.jsonl"))
+            counts.agreement_with_prev_judge = curate.agreement(prev, read_jsonl(d / "scored.jsonl"))
         return counts
 
     def _stage_select(self, p: graph.Planned, d: Path) -> dict:
@@ -174,7 +174,7 @@ class Loop:
         r = self.recipe
         held = read_jsonl(self._in("seed", "heldout.jsonl"))[: r.evaluate.limit]
         if not held:
-            return {"heldout": 0, "skipped": "no held-out seed pairs (data.heldout=0)"}
+            return layout.EvaluateCounts(skipped="no held-out seed pairs (data.heldout=0)")
         contenders = self.contenders()
         judge_name = {"final": f"final model (M{r.rounds})", "base": "base model"}.get(r.evaluate.judge, r.evaluate.judge)
         with ui.progress("evaluate", evaluate.work_units([c.name for c in contenders], len(held))) as advance:
@@ -186,9 +186,9 @@ class Loop:
         result["data"] = evaluate.data_stats(read_jsonl(self._in("corpus", "segments.jsonl")),
                                              read_jsonl(self._in("augment", "pairs.jsonl")))
         write_json(d / "metrics.json", result)
-        return {"heldout": result["heldout"], "judge": result["judge"],
-                "nll": {m: v["nll"] for m, v in result["models"].items()},
-                "win_vs_base": {m: v["vs_base"]["win_rate"] for m, v in result["models"].items() if "vs_base" in v}}
+        return layout.EvaluateCounts(
+            heldout=result["heldout"], judge=result["judge"], nll={m: v["nll"] for m, v in result["models"].items()},
+            win_vs_base={m: v["vs_base"]["win_rate"] for m, v in result["models"].items() if "vs_base" in v})
 
     def _stage_export(self, p: graph.Planned, d: Path) -> dict:
         from .export import export

@@ -7,7 +7,6 @@ Everything is read from the run's files, so a report can be rebuilt at any time
 
 from __future__ import annotations
 
-import html
 import io
 import json
 from pathlib import Path
@@ -65,8 +64,8 @@ def gather(root: str | Path) -> dict[str, Any]:
                     "instruction characters": [len(p["instruction"]) for p in pairs]} if segments and pairs else {},
         "timings": [(k, v.get("status"), v.get("seconds")) for k, v in stages.items()],
         "recipe": recipe_path.read_text() if recipe_path.exists() else "",
-        "train": {_model_name(k): ((v.get("counts") or {}).get("train_loss"), (v.get("counts") or {}).get("rows"))
-                  for k, v in stages.items() if layout.model_name(k) or k == "backward"},
+        "train": {_model_name(k): (t.train_loss, t.rows) for k, v in stages.items()
+                  if layout.model_name(k) or k == "backward" for t in [layout.TrainCounts.of(v.get("counts"))]},
     }
 
 
@@ -189,6 +188,8 @@ def plot_lengths(g: dict) -> str | None:
 
 # ----------------------------------------------------------------------------- HTML
 
+TEMPLATE = Path(__file__).resolve().parent / "templates" / "report.html"
+
 CSS = """
 body{font:15px/1.5 system-ui,-apple-system,Segoe UI,Roboto,sans-serif;max-width:980px;margin:2em auto;padding:0 1em;color:#222}
 h1{font-size:1.6em;margin-bottom:.2em}h2{margin-top:1.8em;border-bottom:1px solid #ddd;padding-bottom:.2em}
@@ -200,25 +201,6 @@ figure{margin:1em 0}figure svg{max-width:100%;height:auto}
 .tag{display:inline-block;font-size:12px;border-radius:3px;padding:0 .4em;margin-right:.4em;background:#e8eef7}
 .keep{background:#dff0d8}.drop{background:#f8e0e0}pre.recipe{background:#f6f6f6;padding:.8em;overflow:auto}
 """
-
-
-def _e(x: Any) -> str:
-    return html.escape(str(x))
-
-
-def _table(head: list[str], rows: list[list[Any]], num: set[int] = frozenset()) -> str:
-    out = ["<table><tr>" + "".join(f"<th>{_e(h)}</th>" for h in head) + "</tr>"]
-    for row in rows:
-        cells = "".join(f"<td class=\"{'num' if i in num else ''}\">{_e('-' if v is None else v)}</td>"
-                        for i, v in enumerate(row))
-        out.append(f"<tr>{cells}</tr>")
-    return "\n".join(out) + "</table>"
-
-
-def _fig(svg: str | None, caption: str) -> str:
-    if not svg:
-        return ""
-    return f"<figure>{svg}<figcaption class=\"muted\">{_e(caption)}</figcaption></figure>"
 
 
 def _model_name(stage: str) -> str:
@@ -241,12 +223,16 @@ def _rate_ci(v: dict) -> str | None:
     return _pct(v["win_rate"]) + (f" [{ci[0]:.0%}-{ci[1]:.0%}]" if ci else "")
 
 
-def _ablation_html(ev: dict) -> list[str]:
+def _wtl(v: dict) -> str | None:
+    return f"{v['win']}/{v['tie']}/{v['loss']}" if v else None
+
+
+def _ablation(ev: dict) -> dict | None:
     """Curated vs random vs all vs seed-only, with intervals, and a plain verdict."""
     diffs = ev.get("nll_diff") or {}
     final = last_round_model(list(ev["models"]))
     if not final or not any(a in ev["models"] for a in layout.ABLATIONS):
-        return []
+        return None
     rows, verdicts = [], []
     for other in ["M0", *[a for a in layout.ABLATIONS if a in ev["models"]]]:
         d = diffs.get(f"{final} - {other}")
@@ -257,119 +243,48 @@ def _ablation_html(ev: dict) -> list[str]:
             better = "better" if d["diff"] < 0 else "worse"
             verdicts.append(f"{final} is {better} than {other} on held-out NLL"
                             + ("" if real else " by less than the noise: the interval includes zero") + ".")
-    return ["<h3>Did curation help? (ablation)</h3>",
-            f"<p>{_e(final)}: seed + curated pairs; random: seed + as many pairs drawn at random from the same "
-            "candidates; all: seed + every candidate; M0: seed only. NLL difference per token (negative: the "
-            "curated model is better) with its 95 % paired-bootstrap interval over the held-out pairs.</p>",
-            _table(["comparison", "NLL difference", "95 % interval", "win rate"], rows, num={1}),
-            "<p>" + " ".join(_e(v) for v in verdicts) + "</p>"]
+    return {"final": final, "rows": rows, "verdicts": verdicts}
 
 
-def _pair_html(p: dict, kept: bool) -> str:
-    answer = p["output"][:EXAMPLE_CHARS] + (" ..." if len(p["output"]) > EXAMPLE_CHARS else "")
-    status = "<span class=\"tag keep\">kept</span>" if kept else "<span class=\"tag drop\">dropped</span>"
-    return (f"<div class=\"pair\">{status}<span class=\"tag\">score {p['score']:.2f}</span>"
-            f"<span class=\"tag\">{_e(p.get('provenance') or 'unknown source')}</span>"
-            f"<div class=\"q\">{_e(p['instruction'] or '(empty instruction)')}</div><pre>{_e(answer)}</pre></div>")
+def _context(g: dict) -> dict[str, Any]:
+    """The template's rows and plots, from `gather`'s figures."""
+    ev = g["evaluation"]
+    ctx: dict[str, Any] = {"g": g, "ev": ev, "css": CSS, "example_chars": EXAMPLE_CHARS}
+    ctx["plots"] = {"metrics": plot_metrics(g), "funnel": plot_funnel(g), "scores": plot_scores(g),
+                    "lengths": plot_lengths(g)}
+    if ev:
+        ctx["position_bias"] = _pct(ev.get("position_bias"))
+        ctx["model_rows"] = [
+            [n, v["nll"], v["ppl"], _rate_ci(v.get("vs_base") or {}), _wtl(v.get("vs_base") or {}),
+             _rate_ci(v.get("vs_M0") or {}), _wtl(v.get("vs_M0") or {}),
+             f"{v.get('looping', '-')} / {v.get('cut_at_limit', '-')}"]
+            for n, v in ev["models"].items()]
+        ctx["ablation"] = _ablation(ev)
+        ctx["last_model"] = last_round_model(list(ev["models"])) or list(ev["models"])[-1]
+    cur = g["curation"]
+    ctx["curation_rows"] = [
+        [c["round"], c["judge"], c.get("mode"), c["candidates"], c["kept"], c["cutoff"], c["auc"], c.get("auc_hard"),
+         _pct(c["flip_rate"]), _pct(c.get("benign_flip_rate")), c["agreement"]] for c in cur]
+    names = sorted({n for c in cur for n in c.get("auc_by_signal") or {}})
+    ctx["signal_head"] = ["round"] + [f"{n} AUC (mismatched / hard)" for n in names]
+    ctx["signal_rows"] = [[c["round"]] + [f"{_or_dash((c['auc_by_signal'] or {}).get(n))} / "
+                                          f"{_or_dash((c['auc_hard_by_signal'] or {}).get(n))}" for n in names]
+                          for c in cur] if names else []
+    ctx["signal_num"] = tuple(range(1, len(names) + 1))
+    ctx["train_rows"] = [[k, v[0], v[1]] for k, v in g["train"].items()]
+    if d := g["data"]:
+        ctx["data_rows"] = [[label, *(d[key].get(k) for k in ("n", "min", "median", "mean", "max"))]
+                            for label, key in (("segment characters", "segment_chars"),
+                                               ("instruction characters", "instruction_chars"))]
+    return ctx
 
 
 def render(g: dict) -> str:
-    ev = g["evaluation"]
-    parts = [f"<h1>Humpback run: {_e(g['name'])}</h1>",
-             f"<p class=\"muted\">base model {_e(g['model'])} &middot; made by humpback_lite</p>"]
+    """The report page: templates/report.html filled with `gather`'s figures."""
+    import jinja2
 
-    parts.append("<h2>Did it help?</h2>")
-    if ev:
-        rows = []
-        for n, v in ev["models"].items():
-            b, z = v.get("vs_base") or {}, v.get("vs_M0") or {}
-            rows.append([n, v["nll"], v["ppl"], _rate_ci(b), f"{b['win']}/{b['tie']}/{b['loss']}" if b else None,
-                         _rate_ci(z), f"{z['win']}/{z['tie']}/{z['loss']}" if z else None,
-                         f"{v.get('looping', '-')} / {v.get('cut_at_limit', '-')}"])
-        parts.append(f"<p>{ev['heldout']} held-out seed pairs the models never trained on. NLL: mean negative "
-                     f"log-likelihood per token of the human answer. Win rate: answers compared by the judge "
-                     f"<b>{_e(ev['judge'])}</b> in both orders; a split verdict is a tie and counts half; "
-                     f"[95 % bootstrap interval]. This judge prefers the answer it reads first with probability "
-                     f"{_pct(ev.get('position_bias')) or '?'} (50 % = no position bias). Loops / cut: answers "
-                     f"that repeat themselves (30 % or more of their word 4-grams seen before) / answers cut at "
-                     f"the token limit.</p>")
-        parts.append(_table(["model", "NLL/token", "perplexity", "win vs base", "w/t/l", "win vs M0", "w/t/l",
-                             "loops / cut"], rows, num={1, 2, 3, 5}))
-        parts.extend(_ablation_html(ev))
-        parts.append(_fig(plot_metrics(g), "Per model: held-out NLL and pairwise win rates."))
-        if g["answers"]:
-            last = last_round_model(list(ev["models"])) or list(ev["models"])[-1]
-            parts.append(f"<h3>Held-out instructions: base vs {_e(last)}</h3>")
-            for a in g["answers"]:
-                parts.append(f"<div class=\"pair\"><div class=\"q\">{_e(a['instruction'])}</div>"
-                             f"<span class=\"tag\">base</span><pre>{_e(a.get('base', ''))}</pre>"
-                             f"<span class=\"tag keep\">{_e(last)}</span><pre>{_e(a.get(last, ''))}</pre>"
-                             f"<span class=\"tag\">human (seed)</span><pre>{_e(a['reference'][:EXAMPLE_CHARS])}</pre></div>")
-    else:
-        parts.append("<p class=\"muted\">No evaluation in this run (evaluate.enabled=false, or not reached yet): "
-                     "run <code>humpback evaluate RUN</code>.</p>")
-
-    parts.append("<h2>The loop</h2>")
-    parts.append(_fig(plot_funnel(g), "Corpus segments to curated pairs, per round."))
-    if g["curation"]:
-        parts.append(_table(
-            ["round", "judge", "mode", "candidates", "kept", "cutoff", "AUC", "AUC hard", "injection flips",
-             "harmless-line flips", "agreement w/ previous judge"],
-            [[c["round"], c["judge"], c.get("mode"), c["candidates"], c["kept"], c["cutoff"], c["auc"],
-              c.get("auc_hard"), _pct(c["flip_rate"]), _pct(c.get("benign_flip_rate")), c["agreement"]]
-             for c in g["curation"]], num={3, 4, 5, 6, 7}))
-        names = sorted({n for c in g["curation"] for n in c.get("auc_by_signal") or {}})
-        if names:
-            parts.append(_table(
-                ["round"] + [f"{n} AUC (mismatched / hard)" for n in names],
-                [[c["round"]] + [f"{_or_dash((c['auc_by_signal'] or {}).get(n))} / "
-                                 f"{_or_dash((c['auc_hard_by_signal'] or {}).get(n))}" for n in names]
-                 for c in g["curation"]], num=set(range(1, len(names) + 1))))
-        parts.append("<p class=\"muted\">AUC: how often a real pair scores above the same instruction with an "
-                     "unrelated answer (mismatched) or with another segment of the same document (hard); 0.5 = "
-                     "chance, per signal in the second table. Injection flips: keep/drop verdicts changed by "
-                     "appending a rating request to the answer; harmless-line flips: the same for a neutral "
-                     "line, the noise floor the injection figure must exceed.</p>")
-    parts.append(_fig(plot_scores(g), "Curation scores of the candidates in each round (the mode's scale), "
-                                      "with the selection cutoff."))
-    if g["train"]:
-        parts.append(_table(["model", "train loss", "rows"],
-                            [[k, v[0], v[1]] for k, v in g["train"].items()], num={1, 2}))
-
-    d = g["data"]
-    if d:
-        parts.append("<h2>The data</h2>")
-        parts.append(_table(["", "n", "min", "median", "mean", "max"], [
-            ["segment characters", *(d["segment_chars"].get(k) for k in ("n", "min", "median", "mean", "max"))],
-            ["instruction characters", *(d["instruction_chars"].get(k) for k in ("n", "min", "median", "mean", "max"))],
-        ], num={1, 2, 3, 4, 5}))
-        parts.append(_fig(plot_lengths(g), "Length distributions."))
-        parts.append("<h3>Most frequent instruction openings</h3>")
-        parts.append(_table(["opening", "pairs"], [list(x) for x in d["openings"]], num={1}))
-        parts.append(f"<h3>Sources ({d['distinct_sources']} distinct)</h3>")
-        parts.append(_table(["source", "segments"], [list(x) for x in d["sources"]], num={1}))
-
-    for c in g["curation"]:
-        ex = c["examples"]
-        if not ex:
-            continue
-        parts.append(f"<h2>Examples, round {c['round']}</h2>")
-        for kind in ("best", "borderline", "rejected"):
-            if ex.get(kind):
-                parts.append(f"<h3>{kind}</h3>")
-                cut = c["cutoff"]
-                parts.extend(_pair_html(p, kind == "best" or (cut is not None and p["score"] >= cut and kind != "rejected"))
-                             for p in ex[kind])
-
-    parts.append("<h2>Timings</h2>")
-    parts.append(_table(["stage", "status", "seconds"], [list(t) for t in g["timings"]], num={2}))
-    parts.append("<h2>Recipe</h2>")
-    parts.append(f"<pre class=\"recipe\">{_e(g['recipe'])}</pre>")
-    body = "\n".join(p for p in parts if p)
-    return (f"<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
-            f"<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">"
-            f"<title>humpback report: {_e(g['name'])}</title><style>{CSS}</style></head>"
-            f"<body>\n{body}\n</body></html>\n")
+    env = jinja2.Environment(autoescape=True, trim_blocks=True, lstrip_blocks=True, undefined=jinja2.StrictUndefined)
+    return env.from_string(TEMPLATE.read_text()).render(**_context(g))
 
 
 def write_report(root: str | Path, g: dict[str, Any] | None = None) -> Path:

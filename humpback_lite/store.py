@@ -25,6 +25,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .layout import Counts
+
 
 class DataError(ValueError):
     """An input file is malformed; the message names the file and line."""
@@ -354,12 +356,12 @@ class Run:
         self._save()
         return d
 
-    def finish(self, stage: str, counts: dict[str, Any] | None = None) -> None:
+    def finish(self, stage: str, counts: Counts | dict[str, Any] | None = None) -> None:
         rec = self.manifest["stages"][stage]
         rec["status"] = "done"
         rec["finished"] = time.time()
         rec["seconds"] = round(rec["finished"] - rec["started"], 2)
-        rec["counts"] = counts or {}
+        rec["counts"] = counts.to_json() if isinstance(counts, Counts) else (counts or {})
         rec["output"] = tree_digest(self.dir(stage), hidden=False)
         self._save()
 
@@ -370,7 +372,7 @@ class Run:
             raise RuntimeError(f"stage {stage} has not finished; its readers cannot run yet")
         return info.output or info.fingerprint
 
-    def stage(self, stage: str, fp: str, work: Callable[[Path], dict[str, Any] | None]) -> bool:
+    def stage(self, stage: str, fp: str, work: Callable[[Path], Counts | dict[str, Any] | None]) -> bool:
         """Run `work(stage_dir)` unless the stage is done with this fingerprint. Returns True
         if work ran."""
         if self.is_done(stage, fp):

@@ -17,6 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from .layout import TrainCounts
 from .models import ModelCard
 from .recipe import TrainConfig
 from .store import atomic_dir
@@ -168,7 +169,7 @@ def train_lora(
     cfg: TrainConfig,
     seed: int = 0,
     progress: Progress | None = None,
-) -> dict[str, Any]:
+) -> TrainCounts:
     """Fine-tune a LoRA on `rows` ({"prompt": [messages], "completion": [assistant message]})
     and write the PEFT adapter to `out_dir` atomically. Returns training statistics."""
     if not rows:
@@ -226,26 +227,22 @@ def train_lora(
     seen = max((float(h.get("num_tokens", 0)) for h in trainer.state.log_history), default=0.0)
     with atomic_dir(out_dir) as tmp:
         trainer.model.save_pretrained(tmp)
-        stats = {
-            "rows": len(rows),
-            "tokens_per_epoch": n_tokens,
-            "steps": trainer.state.global_step,
-            "train_loss": round(float(result.training_loss), 4),
-            "first_loss": round(float(losses[0]), 4) if losses else None,
-            "last_loss": round(float(losses[-1]), 4) if losses else None,
-            "seconds": round(seconds, 1),
-            "tokens_per_second": round(seen / seconds, 1) if seen else None,
-            "backend": "unsloth" if peft_cfg is None else "transformers",
-            "quantize": cfg.quantize,
-        }
-        (tmp / "train_stats.json").write_text(json.dumps(stats, indent=2))
+        stats = TrainCounts(
+            rows=len(rows), steps=trainer.state.global_step,
+            train_loss=round(float(result.training_loss), 4),
+            first_loss=round(float(losses[0]), 4) if losses else None,
+            last_loss=round(float(losses[-1]), 4) if losses else None,
+            seconds=round(seconds, 1), tokens_per_second=round(seen / seconds, 1) if seen else None,
+            backend="unsloth" if peft_cfg is None else "transformers",
+            extra={"tokens_per_epoch": n_tokens, "quantize": cfg.quantize})
+        (tmp / "train_stats.json").write_text(json.dumps(stats.to_json(), indent=2))
     del trainer, model
     _release_memory()
     return stats
 
 
 def run(examples: list[dict[str, Any]], adapter_dir: Path, gguf_out: Path, card: ModelCard, gguf: Path,
-        cfg: TrainConfig, seed: int = 0, progress=None, label: str = "train") -> dict[str, Any]:
+        cfg: TrainConfig, seed: int = 0, progress=None, label: str = "train") -> TrainCounts:
     """A training stage, for the loop and `humpback train`: a LoRA on `examples` into `adapter_dir`
     (PEFT), converted into `gguf_out` for llama.cpp."""
     from . import ui
@@ -255,7 +252,7 @@ def run(examples: list[dict[str, Any]], adapter_dir: Path, gguf_out: Path, card:
     with (progress or ui.progress)(label, None) as advance:
         stats = train_lora(examples, adapter_dir, weights, cfg, seed=seed,
                            progress=lambda step, total: advance(1, total=total))
-    stats["gguf"] = peft_to_gguf(adapter_dir, gguf, gguf_out)
+    stats.extra["gguf"] = peft_to_gguf(adapter_dir, gguf, gguf_out)
     return stats
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from humpback_lite.engine import DigitScore
+from humpback_lite.layout import TrainCounts
 from humpback_lite.store import atomic_dir, atomic_path
 
 DELAY = float(os.environ.get("FAKE_DELAY", "0"))  # seconds per model call (the kill harness)
@@ -93,4 +94,4 @@ def fake_train_run(examples, adapter_dir: Path, gguf_out: Path, card, gguf, cfg,
         (tmp / "adapter_model.safetensors").write_text(digest)
     with atomic_path(gguf_out) as tmp:
         tmp.write_text(digest)
-    return {"rows": len(examples), "steps": 1, "train_loss": round(1 + _h(digest) % 100 / 100, 4), "gguf": {}}
+    return TrainCounts(rows=len(examples), steps=1, train_loss=round(1 + _h(digest) % 100 / 100, 4))

@@ -79,9 +79,9 @@ def test_a_plain_wheel_install_ships_the_model_cards_and_seed(tmp_path):
                     "-w", str(tmp_path / "dist")], check=True, cwd=tmp_path)
     (wheel,) = (tmp_path / "dist").glob("humpback_lite-*.whl")
     zipfile.ZipFile(wheel).extractall(tmp_path / "site")
-    code = ("from humpback_lite import export, models, seed; c = models.get_card('smollm2-135m'); "
+    code = ("from humpback_lite import export, models, report, seed; c = models.get_card('smollm2-135m'); "
             "print(models.CARDS_DIR.name, c.name, len(seed.load_seed('builtin:seed', 2)[0]) > 0, "
-            "(export.TEMPLATES / 'model_card.md').is_file())")
+            "(export.TEMPLATES / 'model_card.md').is_file(), report.TEMPLATE.is_file())")
     out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True,
                          env={**os.environ, "PYTHONPATH": str(tmp_path / "site")})
-    assert out.stdout.split() == ["cards", "smollm2-135m", "True", "True"], out.stderr
+    assert out.stdout.split() == ["cards", "smollm2-135m", "True", "True", "True"], out.stderr

@@ -197,3 +197,16 @@ def test_a_killed_run_leaves_no_stale_lock(tmp_path):
     proc.wait()
     with RunLock(tmp_path):  # the kernel released it with the process
         pass
+
+
+def test_report_page_shows_every_section_and_escapes_corpus_text(fake_run, tmp_path):
+    from humpback_lite.report import gather, render
+
+    g = gather(fake_run)
+    assert g["curation"] and g["evaluation"] and g["train"]["M1"][1] > 0  # typed train counts read back
+    page = render(g)
+    for heading in ("Did it help?", "The loop", "The data", "Examples, round 1", "Timings", "Recipe"):
+        assert f">{heading}</h" in page, heading
+    # Text from the corpus is data, never markup.
+    g["curation"][0]["examples"]["best"][0]["instruction"] = "<script>alert(1)</script>"
+    assert "<script>" not in render(g) and "&lt;script&gt;alert(1)" in render(g)

@@ -96,3 +96,16 @@ def test_tree_digest_rereads_only_changed_files(tmp_path, monkeypatch):
     assert store.tree_digest(corpus, cache) != first and reads == ["b.txt"]
     cache.write_text("{not json")  # a damaged cache only costs a re-read
     assert store.tree_digest(corpus, cache) == store.tree_digest(corpus)
+
+
+def test_typed_counts_round_trip_through_the_manifest_keeping_unnamed_figures(tmp_path):
+    from humpback_lite.layout import SelectCounts, TrainCounts
+
+    run = Run(tmp_path)
+    run.stage("round_01/select", "fp", lambda d: SelectCounts(candidates=10, kept=3, extra={"would_keep": {"4": 2}}))
+    stored = Run(tmp_path).info("round_01/select").counts
+    assert stored["kept"] == 3 and stored["would_keep"] == {"4": 2}  # flat JSON, as `status` shows it
+    back = SelectCounts.of(stored)
+    assert (back.candidates, back.kept, back.extra) == (10, 3, {"would_keep": {"4": 2}})
+    # An older manifest without a figure reads as its default, not a KeyError.
+    assert TrainCounts.of({"rows": 5}).train_loss is None and TrainCounts.of(None).rows == 0
