@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import math
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -92,12 +93,10 @@ def _arch_enum(arch: str):
     raise AdapterError(f"architecture {arch!r} is unknown to gguf-py")
 
 
-def peft_to_gguf(adapter_dir: str | Path, base_gguf: str | Path, out: str | Path) -> dict[str, Any]:
-    """Convert a PEFT LoRA folder to a GGUF LoRA for `base_gguf`. Returns a summary."""
-    import gguf
+def _read_peft(adapter_dir: Path) -> tuple[int, float, dict, Path]:
+    """A PEFT LoRA folder's rank, llama.cpp-scaled alpha, tensors and weights file."""
     from safetensors.torch import load_file  # torch reads bf16, which numpy cannot
 
-    adapter_dir = Path(adapter_dir)
     cfg_path = adapter_dir / "adapter_config.json"
     weights_path = adapter_dir / "adapter_model.safetensors"
     if not cfg_path.exists() or not weights_path.exists():
@@ -105,18 +104,22 @@ def peft_to_gguf(adapter_dir: str | Path, base_gguf: str | Path, out: str | Path
     cfg = json.loads(cfg_path.read_text())
     if cfg.get("peft_type", "LORA") != "LORA":
         raise AdapterError(f"{adapter_dir}: only LoRA adapters convert (peft_type={cfg.get('peft_type')})")
-    r = int(cfg["r"])
-    alpha = float(cfg["lora_alpha"])
-    if cfg.get("use_rslora"):
-        alpha = alpha * math.sqrt(r)  # rsLoRA scales by alpha/sqrt(r); llama.cpp by alpha/r
     if cfg.get("rank_pattern") or cfg.get("alpha_pattern"):
         raise AdapterError(f"{adapter_dir}: per-layer rank/alpha patterns are not supported")
+    r, alpha = int(cfg["r"]), float(cfg["lora_alpha"])
+    if cfg.get("use_rslora"):
+        alpha = alpha * math.sqrt(r)  # rsLoRA scales by alpha/sqrt(r); llama.cpp by alpha/r
+    return r, alpha, load_file(str(weights_path)), weights_path
 
+
+def peft_to_gguf(adapter_dir: str | Path, base_gguf: str | Path, out: str | Path) -> dict[str, Any]:
+    """Convert a PEFT LoRA folder to a GGUF LoRA for `base_gguf`. Returns a summary."""
+    import gguf
+
+    r, alpha, tensors, weights_path = _read_peft(Path(adapter_dir))
     info = gguf_model_info(base_gguf)
     arch = info["arch"]
     name_map = gguf.get_tensor_name_map(_arch_enum(arch), int(info["n_blocks"]))
-    tensors = load_file(str(weights_path))
-
     pairs: dict[str, dict[str, np.ndarray]] = {}
     for key, value in tensors.items():
         if ".lora_A." in key:
@@ -177,58 +180,61 @@ def _copy_fields(reader, writer) -> None:
 def merge_gguf(base_gguf: str | Path, adapter_gguf: str | Path, out: str | Path, out_type: str = "base") -> dict[str, Any]:
     """Fold a GGUF LoRA into its base: W' = W + alpha/r * B @ A for every adapted tensor.
 
-    Adapted tensors are dequantized, merged in float32 and quantized again to `out_type`: "base"
-    keeps each tensor's own type (Q4_1 for the embedded model), or a type name (Q8_0, F16, BF16, F32).
-    Other tensors and all metadata are copied byte for byte. gguf-py quantizes the legacy types
-    (Q4_0/Q4_1/Q5_0/Q5_1/Q8_0) but not K-quants; a K-quant tensor falls back to Q8_0 (noted)."""
+    The merged tensors are computed in float32 (gguf-py dequantizes the base's) and handed to
+    llama.cpp's own quantizer (`models.quantize_gguf`), which writes them as `out_type`: "base"
+    keeps each tensor's own type (Q4_1 for the embedded model), or a ggml type name (Q8_0, Q4_K,
+    F16, ...). Every other tensor keeps its type and bytes; the metadata is copied."""
     import gguf
     from gguf import GGMLQuantizationType as QT
 
+    from .models import quantize_gguf
+
     base = gguf.GGUFReader(str(base_gguf))
-    ad = gguf.GGUFReader(str(adapter_gguf))
-
-    def field(reader, key: str) -> Any:
-        f = reader.fields.get(key)
-        return f.contents() if f is not None else None
-
-    arch = field(base, "general.architecture")
-    if field(ad, "general.type") != "adapter" or field(ad, "adapter.type") != "lora":
-        raise AdapterError(f"{adapter_gguf}: not a GGUF LoRA adapter")
-    if field(ad, "general.architecture") != arch:
-        raise AdapterError(f"{adapter_gguf}: adapter is for {field(ad, 'general.architecture')}, base is {arch}")
-    alpha = float(field(ad, "adapter.lora.alpha"))
-    lora: dict[str, dict[str, np.ndarray]] = {}
-    for t in ad.tensors:
-        name, _, part = t.name.rpartition(".lora_")
-        lora.setdefault(name, {})[part] = np.asarray(t.data, dtype=np.float32)
-    names = {t.name for t in base.tensors}
-    if missing := sorted(set(lora) - names):
+    lora = _read_lora(gguf.GGUFReader(str(adapter_gguf)), adapter_gguf, _field(base, "general.architecture"))
+    if missing := sorted(set(lora) - {t.name for t in base.tensors}):
         raise AdapterError(f"{adapter_gguf}: the base has no tensor {missing[0]} (wrong base model?)")
 
-    types: dict[str, int] = {}
-    fallbacks = []
-    with atomic_path(out, suffix=".gguf") as tmp:
-        writer = gguf.GGUFWriter(str(tmp), arch)
+    targets = {t.name: int(t.tensor_type if out_type == "base" or t.name not in lora else QT[out_type])
+               for t in base.tensors}
+    with tempfile.TemporaryDirectory(dir=Path(out).parent, prefix=".merge-") as tmp:
+        f32 = Path(tmp) / "merged.f32.gguf"
+        writer = gguf.GGUFWriter(str(f32), _field(base, "general.architecture"))
         _copy_fields(base, writer)
         for t in base.tensors:
-            if t.name not in lora:
+            if t.name in lora:
+                (a, b), alpha = lora[t.name]
+                w = gguf.quants.dequantize(t.data, t.tensor_type).astype(np.float32)
+                writer.add_tensor(t.name, w + (alpha / a.shape[0]) * (b @ a))
+            else:
                 writer.add_tensor(t.name, t.data, raw_dtype=t.tensor_type)
-                continue
-            a, b = lora[t.name]["a"], lora[t.name]["b"]
-            w = gguf.quants.dequantize(t.data, t.tensor_type).astype(np.float32)
-            w += (alpha / a.shape[0]) * (b @ a)
-            qtype = t.tensor_type if out_type == "base" else QT[out_type]
-            try:
-                data = gguf.quants.quantize(w, qtype)
-            except NotImplementedError:
-                fallbacks.append(f"{t.name}: {qtype.name} -> Q8_0")
-                qtype = QT.Q8_0
-                data = gguf.quants.quantize(w, qtype)
-            writer.add_tensor(t.name, data, raw_dtype=qtype)
-            types[qtype.name] = types.get(qtype.name, 0) + 1
         writer.write_header_to_file()
         writer.write_kv_data_to_file()
         writer.write_tensors_to_file()
         writer.close()
-    return {"merged_tensors": sum(types.values()), "types": types, "fallbacks": fallbacks,
-            "bytes": Path(out).stat().st_size}
+        # The per-tensor types only apply under a quantized file type; the base's is one (or Q8_0).
+        ftype = _field(base, "general.file_type")
+        quantize_gguf(f32, Path(out), ftype if ftype not in (None, 0, 1, 32) else 7, targets)
+    written = {t.name: t.tensor_type.name for t in gguf.GGUFReader(str(out)).tensors}
+    types: dict[str, int] = {}
+    for name in lora:
+        types[written[name]] = types.get(written[name], 0) + 1
+    return {"merged_tensors": len(lora), "types": types, "bytes": Path(out).stat().st_size}
+
+
+def _field(reader, key: str) -> Any:
+    f = reader.fields.get(key)
+    return f.contents() if f is not None else None
+
+
+def _read_lora(reader, path: str | Path, arch: str) -> dict[str, tuple[tuple[np.ndarray, np.ndarray], float]]:
+    """A GGUF LoRA's (A, B) per base tensor name, and its alpha; checked against the base's arch."""
+    if _field(reader, "general.type") != "adapter" or _field(reader, "adapter.type") != "lora":
+        raise AdapterError(f"{path}: not a GGUF LoRA adapter")
+    if _field(reader, "general.architecture") != arch:
+        raise AdapterError(f"{path}: adapter is for {_field(reader, 'general.architecture')}, base is {arch}")
+    alpha = float(_field(reader, "adapter.lora.alpha"))
+    parts: dict[str, dict[str, np.ndarray]] = {}
+    for t in reader.tensors:
+        name, _, part = t.name.rpartition(".lora_")
+        parts.setdefault(name, {})[part] = np.asarray(t.data, dtype=np.float32)
+    return {name: ((ab["a"], ab["b"]), alpha) for name, ab in parts.items()}

@@ -248,11 +248,29 @@ def runtime_gguf(gguf: Path, kind: str) -> Path:
         return out
     import llama_cpp
 
-    params = llama_cpp.llama_model_quantize_default_params()
-    params.ftype = getattr(llama_cpp, RUNTIME_TYPES[kind])
-    params.allow_requantize = True
-    with atomic_path(out, suffix=".gguf") as tmp, quiet_stderr():
-        rc = llama_cpp.llama_model_quantize(str(gguf).encode(), str(tmp).encode(), params)
-        if rc != 0:
-            raise ModelError(f"{gguf}: converting to {kind} failed (llama_model_quantize returned {rc})\n{log_tail()}")
+    quantize_gguf(gguf, out, getattr(llama_cpp, RUNTIME_TYPES[kind]))
     return out
+
+
+def quantize_gguf(src: Path, dst: Path, ftype: int, types: dict[str, int] | None = None) -> None:
+    """Write `src` as `dst` (atomically) through llama.cpp's own quantizer (`llama_model_quantize`:
+    every type llama.cpp knows, K-quants included, at C speed). `ftype` is a LLAMA_FTYPE_* value;
+    with `types`, each tensor named there gets that ggml type instead (a tensor already of its type
+    is copied). Quantized tensors of another type are requantized."""
+    import re
+
+    import llama_cpp
+
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.ftype = ftype
+    params.allow_requantize = True
+    params.nthread = os.cpu_count() or 1
+    if types:
+        table = (llama_cpp.llama_model_tensor_override * (len(types) + 1))()
+        for row, (name, ggml_type) in zip(table, types.items(), strict=False):
+            row.pattern, row.type = f"^{re.escape(name)}$".encode(), ggml_type
+        params.tt_overrides = table  # the last row's NULL pattern ends the list
+    with atomic_path(dst, suffix=".gguf") as tmp, quiet_stderr():
+        rc = llama_cpp.llama_model_quantize(str(src).encode(), str(tmp).encode(), params)
+        if rc != 0:
+            raise ModelError(f"{src}: llama_model_quantize failed ({rc})\n{log_tail()}")

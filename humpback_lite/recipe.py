@@ -240,7 +240,9 @@ class EvaluateConfig:
         _check(self.bootstrap >= 100, "bootstrap", "must be >= 100")
 
 
-GGUF_TYPES = Literal["base", "Q8_0", "Q5_1", "Q5_0", "Q4_1", "Q4_0", "F16", "BF16", "F32"]
+# ggml tensor types llama.cpp's quantizer writes (a K-quant on rows not a multiple of 256 falls
+# back to the nearest legacy type, as llama-quantize does).
+GGUF_TYPES = Literal["base", "Q8_0", "Q6_K", "Q5_K", "Q5_1", "Q5_0", "Q4_K", "Q4_1", "Q4_0", "F16", "BF16", "F32"]
 
 
 @dataclass
@@ -248,9 +250,9 @@ class ExportConfig:
     merged: bool = True
     """Also write model.gguf: the base with the final adapter merged in, one file for llama.cpp/Ollama."""
     merged_type: GGUF_TYPES = "Q8_0"
-    """Type of the merged (adapted) tensors. "base" re-quantizes to the base's own type, which for a
-    4-bit base rounds away most of a LoRA's change (measured: logit-change correlation 0.4-0.5 with
-    Q4_1 vs 0.99 with Q8_0); other tensors are copied unchanged."""
+    """Type of the merged (adapted) tensors, written by llama.cpp's quantizer. "base" re-quantizes to
+    the base's own type, which for a 4-bit base rounds away most of a LoRA's change (measured:
+    logit-change correlation 0.4-0.5 with Q4_1 vs 0.99 with Q8_0); other tensors are copied unchanged."""
 
 
 @dataclass

@@ -125,6 +125,7 @@ def test_merged_gguf_gives_the_logits_of_base_plus_adapter(model_gguf, random_ad
     peft_to_gguf(peft_dir, model_gguf, tmp_path / "adapter.gguf")
     info = adapters.merge_gguf(model_gguf, tmp_path / "adapter.gguf", tmp_path / "merged.gguf", "Q8_0")
     assert info["merged_tensors"] == 30 * 7 and info["types"] == {"Q8_0": 210}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["adapter.gguf", "merged.gguf"]  # no float32 leftovers
     for corr, lora_top, merged_top in _merge_agreement(model_gguf, tmp_path / "adapter.gguf", tmp_path / "merged.gguf"):
         assert corr >= 0.95
         assert merged_top == lora_top
@@ -139,6 +140,22 @@ def test_merging_back_into_4_bit_rounds_the_adapter_away(model_gguf, random_adap
     assert info["types"] == {"Q4_1": 210}
     corrs = [c for c, *_ in _merge_agreement(model_gguf, tmp_path / "adapter.gguf", tmp_path / "merged.gguf")]
     assert max(corrs) < 0.8
+
+
+def test_merge_writes_k_quants_through_llama_cpps_quantizer(model_gguf, random_adapter, tmp_path):
+    # Q6_K needs rows of 256 values: SmolLM2's 1536-wide MLP rows take it, its 576-wide rows fall back
+    # to Q8_0 as llama-quantize does; the untouched tensors keep their bytes.
+    import gguf
+
+    _, peft_dir = random_adapter
+    peft_to_gguf(peft_dir, model_gguf, tmp_path / "adapter.gguf")
+    info = adapters.merge_gguf(model_gguf, tmp_path / "adapter.gguf", tmp_path / "merged.gguf", "Q6_K")
+    assert info["types"] == {"Q6_K": 30, "Q8_0": 180}
+    base = {t.name: bytes(t.data) for t in gguf.GGUFReader(str(model_gguf)).tensors if "blk" not in t.name}
+    merged = {t.name: bytes(t.data) for t in gguf.GGUFReader(str(tmp_path / "merged.gguf")).tensors if "blk" not in t.name}
+    assert merged == base
+    for corr, lora_top, merged_top in _merge_agreement(model_gguf, tmp_path / "adapter.gguf", tmp_path / "merged.gguf"):
+        assert corr >= 0.95 and merged_top == lora_top
 
 
 def test_merge_refuses_a_file_that_is_not_an_adapter(model_gguf, tmp_path):
