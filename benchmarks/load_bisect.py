@@ -28,7 +28,7 @@ VARIANTS = {
     "humpback_lite imported": ("import humpback_lite.engine; " + LOAD, ""),
     "crashguard installed": ("from humpback_lite import crashguard; crashguard.install(); " + LOAD, ""),
     "model params patched (extra on)": (
-        "from humpback_lite.engine import _model_params\nwith _model_params(use_extra_bufts=True): " + LOAD, ""),
+        "from humpback_lite.engine import _default_params\nwith _default_params({'use_extra_bufts': True}, {}): " + LOAD, ""),
     "stderr captured": ("from humpback_lite.models import quiet_stderr\nwith quiet_stderr(): " + LOAD, ""),
     "Engine": ("from humpback_lite.engine import Engine; Engine({path!r}, n_gpu_layers={layers})", ""),
 }

@@ -16,7 +16,7 @@ from .engine import Engine
 from .engines import EngineFactory
 from .layout import AugmentCounts
 from .recipe import AugmentConfig
-from .store import read_jsonl, resume_jsonl
+from .store import read_jsonl, resume_jsonl_windows
 
 
 def item_seed(seed: int, item_id: str) -> int:
@@ -35,18 +35,29 @@ def augment(
     seed: int = 0,
     on_item: Callable[[], None] | None = None,
 ) -> AugmentCounts:
-    """Write `{"id", "instruction", "output", "provenance", "raw"}` per segment to out_path."""
+    """Write `{"id", "instruction", "output", "provenance", "raw"}` per segment to out_path, up to
+    `engine.parallel` segments per llama.cpp decode; each segment's seed fixes its instruction."""
 
-    def pair(seg: dict) -> dict:
-        raw = engine.generate(backward_prompt(engine, seg["text"], cfg.max_segment_tokens),
-                              max_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
-                              seed=item_seed(seed, seg["id"]))
+    def pair(seg: dict, raw: str) -> dict:
         return {"id": seg["id"], "instruction": prompts.clean_instruction(raw), "output": seg["text"],
                 "provenance": seg.get("provenance", seg.get("source", "")),  # older segment files: `source`
                 "raw": raw}
 
-    done, new = resume_jsonl(out_path, segments, key=lambda s: s["id"], work=pair, on_item=on_item)
+    def window(segs: list[dict], emit: Callable[[dict, dict], None]) -> None:
+        engine.generate_many([backward_prompt(engine, s["text"], cfg.max_segment_tokens) for s in segs],
+                             max_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
+                             seeds=[item_seed(seed, s["id"]) for s in segs],
+                             on_done=lambda i, raw, why: emit(segs[i], pair(segs[i], raw)))
+
+    done, new = resume_jsonl_windows(out_path, segments, key=lambda s: s["id"], work=window,
+                                     window=resume_window(engine), on_item=on_item)
     return AugmentCounts(pairs=done + new, resumed_from=done)
+
+
+def resume_window(engine: Engine) -> int:
+    """Items per resume window: one at a time runs alone; batched, several batches' worth, so the
+    work a kill costs stays small while batches stay full."""
+    return 1 if engine.parallel == 1 else 8 * engine.parallel
 
 
 def run(segments: Path, out: Path, cfg: AugmentConfig, engines: EngineFactory, adapter: Path | None,

@@ -15,8 +15,8 @@ import ctypes
 import math
 import os
 import threading
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
@@ -79,31 +79,51 @@ _params_lock = threading.Lock()
 
 
 @contextlib.contextmanager
-def _model_params(**fields: object) -> Iterator[None]:
-    """Set llama_model_params fields that `Llama()` has no argument for.
+def _default_params(model: dict[str, object], context: dict[str, object]) -> Iterator[None]:
+    """Set llama_model_params / llama_context_params fields that `Llama()` has no argument for.
 
-    Why this way: `Llama.__init__` builds its params from `llama_model_default_params()` and loads
-    the model in the same call, with no hook in between; wrapping that one function for the
+    Why this way: `Llama.__init__` builds its params from `llama_*_default_params()` and loads
+    the model in the same call, with no hook in between; wrapping those two functions for the
     length of the constructor sets the fields without re-implementing the constructor."""
     import llama_cpp.llama_cpp as lib
 
-    missing = [k for k in fields if k not in dict(lib.llama_model_params._fields_)]
-    if missing:
-        raise ModelError(f"this llama-cpp-python has no model parameter(s) {missing}; upgrade it (>=0.3.36)")
+    wanted = {"llama_model_default_params": (lib.llama_model_params, model),
+              "llama_context_default_params": (lib.llama_context_params, context)}
+    for struct, fields in wanted.values():
+        if missing := [k for k in fields if k not in dict(struct._fields_)]:
+            raise ModelError(f"this llama-cpp-python has no parameter(s) {missing}; upgrade it (>=0.3.36)")
     with _params_lock:
-        original = lib.llama_model_default_params
+        originals = {name: getattr(lib, name) for name in wanted}
 
-        def patched():
-            params = original()
-            for k, v in fields.items():
-                setattr(params, k, v)
-            return params
+        def patch(name: str, fields: dict[str, object]):
+            def patched():
+                params = originals[name]()
+                for k, v in fields.items():
+                    setattr(params, k, v)
+                return params
+            return patched
 
-        lib.llama_model_default_params = patched
+        for name, (_, fields) in wanted.items():
+            setattr(lib, name, patch(name, fields))
         try:
             yield
         finally:
-            lib.llama_model_default_params = original
+            for name, fn in originals.items():
+                setattr(lib, name, fn)
+
+
+@dataclass
+class _Sequence:
+    """One prompt in flight in `Engine.generate_many`: its KV sequence id, tokens still to
+    evaluate, sampler and what it generated."""
+
+    index: int
+    seq: int
+    pending: list[int]
+    sampler: object
+    n_past: int = 0
+    generated: list[int] = field(default_factory=list)
+    logits_at: int = -1  # batch row holding this sequence's next-token logits, -1 if none this step
 
 
 class Engine:
@@ -118,6 +138,7 @@ class Engine:
         seed: int = 0,
         chat_template: str | None = None,
         extra_buffers: ExtraBuffers = "auto",
+        parallel: int = 1,
     ):
         from llama_cpp import Llama
         from llama_cpp.llama_chat_format import Jinja2ChatFormatter
@@ -133,11 +154,14 @@ class Engine:
         self.name = self.gguf.name + (f" + {Path(adapter).name}" if adapter else "")
         crashguard.install()  # before quiet_stderr redirects fd 2
         try:
-            with quiet_stderr(), _model_params(use_extra_bufts=self.extra_buffers), self._native("load"):
+            # `parallel` sequences, each with its own n_ctx cells of the KV cache (llama.cpp splits
+            # the cache per sequence unless kv_unified is set; attention then reads only its own).
+            with (quiet_stderr(), self._native("load"),
+                  _default_params({"use_extra_bufts": self.extra_buffers}, {"n_seq_max": parallel})):
                 self.llm = Llama(
                     model_path=str(self.gguf),
                     lora_path=str(adapter) if adapter else None,
-                    n_ctx=n_ctx,
+                    n_ctx=n_ctx * parallel,
                     n_threads=n_threads or max(1, (os.cpu_count() or 2)),
                     n_batch=n_batch,
                     n_gpu_layers=n_gpu_layers,
@@ -151,6 +175,7 @@ class Engine:
                              + (f"\nllama.cpp said:\n{log}" if log else "")) from None
         self.adapter = adapter
         self.n_ctx = n_ctx
+        self.parallel = parallel
         self.last_finish_reason: str | None = None
         meta = self.llm.metadata
         template = chat_template or meta.get("tokenizer.chat_template") or CHATML
@@ -170,7 +195,7 @@ class Engine:
         every engine setting. Loop, single-stage commands, chat and evaluation all build it so."""
         return cls(runtime_gguf(Path(gguf), cfg.runtime_type), adapter=adapter, n_ctx=cfg.n_ctx,
                    n_threads=cfg.n_threads, n_batch=cfg.n_batch, n_gpu_layers=cfg.n_gpu_layers, seed=seed,
-                   extra_buffers=cfg.extra_buffers)
+                   extra_buffers=cfg.extra_buffers, parallel=cfg.parallel)
 
     def _native(self, op: str):
         """Mark a call into llama.cpp, so that a crash inside it is reported with model and op."""
@@ -204,25 +229,125 @@ class Engine:
         seed: int = 0,
         stop: Sequence[str] = (),
     ) -> str:
-        """Sample a continuation. The context is reset first, so the result depends only on the
-        prompt and seed (a resumed run reproduces an uninterrupted one)."""
-        tokens = self.tokenize(prompt)
-        self._check_fits(tokens, max_tokens)
-        self.llm.reset()
-        with self._native("generate"):
-            out = self.llm.create_completion(
-                tokens,
-                max_tokens=max_tokens,
-                temperature=temperature,
-                top_p=top_p,
-                top_k=0,
-                min_p=0.0,
-                repeat_penalty=1.0,
-                seed=seed,
-                stop=list(stop) or None,
-            )
-        self.last_finish_reason = out["choices"][0].get("finish_reason")  # "length": cut at max_tokens
-        return out["choices"][0]["text"]
+        """Sample a continuation of one prompt (`generate_many` with one sequence)."""
+        out: list[tuple[str, str]] = []
+        self.generate_many([prompt], max_tokens, temperature, top_p, [seed], stop,
+                           on_done=lambda i, text, why: out.append((text, why)))
+        self.last_finish_reason = out[0][1]  # "length": cut at max_tokens
+        return out[0][0]
+
+    def generate_many(
+        self,
+        prompts: Sequence[str],
+        max_tokens: int = 64,
+        temperature: float = 0.7,
+        top_p: float = 0.9,
+        seeds: Sequence[int] | None = None,
+        stop: Sequence[str] = (),
+        on_done: Callable[[int, str, str], None] | None = None,
+    ) -> list[str]:
+        """Sample a continuation of every prompt, up to `parallel` sequences per llama.cpp decode
+        (continuous batching: a finished sequence's slot takes the next prompt at once).
+
+        Each sequence samples from its own logits with its own seeded sampler, so its text does not
+        depend on which others share its batches (a resumed run reproduces an uninterrupted one).
+        `on_done(index, text, finish_reason)` is called as each finishes ("stop" or "length")."""
+        import llama_cpp as L
+
+        tokens = [self.tokenize(p) for p in prompts]
+        for t in tokens:
+            self._check_fits(t, max_tokens)
+        seeds = list(seeds) if seeds is not None else [0] * len(prompts)
+        ctx = self.llm._ctx.ctx
+        mem = L.llama_get_memory(ctx)
+        vocab = L.llama_model_get_vocab(self.llm._model.model)
+        L.llama_memory_clear(mem, True)
+        self.llm.n_tokens = 0  # the prefix cache of next_token_logits is gone
+        queue = list(range(len(prompts)))[::-1]
+        live: list[_Sequence] = []
+        free = list(range(self.parallel))[::-1]
+        results: list[str] = [""] * len(prompts)
+        batch = L.llama_batch_init(self.llm.n_batch, 0, 1)
+        try:
+            while queue or live:
+                while queue and free:
+                    i = queue.pop()
+                    live.append(_Sequence(i, free.pop(), list(tokens[i]), self._sampler(temperature, top_p, seeds[i])))
+                self._fill(batch, live)
+                with self._native("decode"):
+                    rc = L.llama_decode(ctx, batch)
+                if rc != 0:
+                    raise ModelError(f"llama_decode failed ({rc}) on {self.name}\n{crashguard.log_tail()}")
+                for s in [s for s in live if s.logits_at >= 0]:
+                    tok = L.llama_sampler_sample(s.sampler, ctx, s.logits_at)
+                    why = self._finished(s, tok, vocab, max_tokens, stop)
+                    if why is None:
+                        s.pending = [tok]
+                        continue
+                    results[s.index] = text = self._text(s.generated, stop)
+                    L.llama_memory_seq_rm(mem, s.seq, -1, -1)
+                    L.llama_sampler_free(s.sampler)
+                    s.sampler = None
+                    live.remove(s)
+                    free.append(s.seq)
+                    if on_done:
+                        on_done(s.index, text, why)
+        finally:
+            for s in live:
+                L.llama_sampler_free(s.sampler)
+                L.llama_memory_seq_rm(mem, s.seq, -1, -1)
+            L.llama_batch_free(batch)
+        return results
+
+    def _fill(self, batch, live: list[_Sequence]) -> None:
+        """One decode's tokens: every generating sequence's last token first, then as much of the
+        waiting prompts as `n_batch` allows; logits only where a sequence's next token is due."""
+        n, cap = 0, self.llm.n_batch
+        for s in sorted(live, key=lambda s: len(s.pending) > 1):  # generating (one pending) first
+            take = s.pending[: cap - n]
+            for j, tok in enumerate(take):
+                batch.token[n + j] = tok
+                batch.pos[n + j] = s.n_past + j
+                batch.n_seq_id[n + j] = 1
+                batch.seq_id[n + j][0] = s.seq
+                batch.logits[n + j] = False
+            s.logits_at = -1
+            if take and len(take) == len(s.pending):
+                batch.logits[n + len(take) - 1] = True
+                s.logits_at = n + len(take) - 1
+            s.n_past += len(take)
+            s.pending = s.pending[len(take):]
+            n += len(take)
+        batch.n_tokens = n
+
+    def _sampler(self, temperature: float, top_p: float, seed: int):
+        """top-p then temperature then a draw seeded per sequence (greedy at temperature 0)."""
+        import llama_cpp as L
+
+        chain = L.llama_sampler_chain_init(L.llama_sampler_chain_default_params())
+        if temperature <= 0:
+            L.llama_sampler_chain_add(chain, L.llama_sampler_init_greedy())
+            return chain
+        L.llama_sampler_chain_add(chain, L.llama_sampler_init_top_p(top_p, 1))
+        L.llama_sampler_chain_add(chain, L.llama_sampler_init_temp(temperature))
+        L.llama_sampler_chain_add(chain, L.llama_sampler_init_dist(seed & 0xFFFFFFFF))
+        return chain
+
+    def _finished(self, s: _Sequence, tok: int, vocab, max_tokens: int, stop: Sequence[str]) -> str | None:
+        import llama_cpp as L
+
+        if L.llama_vocab_is_eog(vocab, tok):
+            return "stop"
+        s.generated.append(tok)
+        if stop and any(x in self._text(s.generated, ()) for x in stop):
+            return "stop"
+        return "length" if len(s.generated) >= max_tokens else None
+
+    def _text(self, generated: list[int], stop: Sequence[str]) -> str:
+        text = self.llm.detokenize(generated).decode("utf-8", errors="ignore")
+        for x in stop:
+            text = text.split(x, 1)[0]
+        return text
 
     # ------------------------------------------------------------------ scoring
 

@@ -217,6 +217,44 @@ def resume_jsonl(path: str | Path, items: Iterable[Any], key: Callable[[Any], An
     return len(done), new
 
 
+def resume_jsonl_windows(path: str | Path, items: Iterable[Any], key: Callable[[Any], Any],
+                         work: Callable[[list[Any], Callable[[Any, dict | None], None]], None], window: int,
+                         on_item: Callable[[], None] | None = None,
+                         record_key: Callable[[dict], Any] | None = None) -> tuple[int, int]:
+    """`resume_jsonl` for batched work: `work(chunk, emit)` handles `window` consecutive items at
+    once and calls `emit(item, record)` as each finishes, in any order; each record is appended
+    (fsynced) when emitted. A window with a record missing is worked whole again and only its
+    missing records are written: batched kernels may round differently with the batch's shape, so
+    a resumed run must repeat the uninterrupted run's batches to write the same bytes.
+    Returns (records already there, records written now)."""
+    match = record_key or key
+    items = list(items)
+    with JsonlAppender(path) as out:
+        done = {match(r) for r in out.done}
+        before, new = len(done), 0
+
+        def emit(item: Any, rec: dict | None) -> None:
+            nonlocal new
+            if key(item) in done:
+                return  # done before the kill; recomputed only to repeat its batch
+            done.add(key(item))
+            if rec is not None:
+                out.append(rec)
+                new += 1
+            if on_item:
+                on_item()
+
+        for start in range(0, len(items), window):
+            chunk = items[start: start + window]
+            missing = sum(1 for it in chunk if key(it) not in done)
+            for _ in range(len(chunk) - missing):
+                if on_item:
+                    on_item()
+            if missing:
+                work(chunk, emit)
+    return before, new
+
+
 # ----------------------------------------------------------------------------- fingerprints
 
 

@@ -28,6 +28,7 @@ class FakeEngine:
     """Words are tokens; every number is a hash of what the model sees and of its adapter."""
 
     n_ctx = 4096
+    parallel = 4
     score_prefix = "Score:"
 
     def __init__(self, adapter: Path | None = None, log: list | None = None):
@@ -54,6 +55,16 @@ class FakeEngine:
         words = [w for w in prompt.split() if w.isalpha() and len(w) > 4] or ["this"]
         pick = [words[_h(prompt, seed, self.identity, i) % len(words)] for i in range(3)]
         return " ".join(["Explain", *pick])[: max_tokens * 8] + "?"
+
+    def generate_many(self, prompts: list[str], max_tokens: int = 64, temperature: float = 0.7, top_p: float = 0.9,
+                      seeds=None, stop=(), on_done=None) -> list[str]:
+        seeds = seeds if seeds is not None else [0] * len(prompts)
+        texts = [""] * len(prompts)
+        for i in sorted(range(len(prompts)), key=lambda i: _h(prompts[i])):  # out of order, as batches finish
+            texts[i] = self.generate(prompts[i], max_tokens, temperature, top_p, seeds[i], stop)
+            if on_done:
+                on_done(i, texts[i], "stop")
+        return texts
 
     def digit_tokens(self, label: str = "Score:", digits: str = "12345") -> tuple[str, list[int]]:
         return label, list(range(1, len(digits) + 1))

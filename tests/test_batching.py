@@ -1,0 +1,92 @@
+"""Batched generation (`Engine.generate_many`, continuous batching over `parallel` sequences) with
+the real model: no sequence reads another's tokens, seeds and stop strings act per sequence, and a
+killed batched stage resumes to the bytes of an uninterrupted one although llama.cpp's kernels may
+round differently with the batch's shape."""
+
+from __future__ import annotations
+
+import pytest
+
+from humpback_lite import augment, store
+from humpback_lite.engine import Engine
+from humpback_lite.models import runtime_gguf
+from humpback_lite.recipe import AugmentConfig
+from humpback_lite.seed import load_seed
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def segments():
+    rows, _ = load_seed("builtin:seed", 0)
+    return [{"id": f"seg-{i:03d}", "text": r["output"]} for i, r in enumerate(rows[:10])]
+
+
+def _generate(gguf, parallel, prompts, **kw):
+    e = Engine(gguf, n_ctx=1024, parallel=parallel, n_batch=256)
+    finished = []
+    try:
+        texts = e.generate_many([e.format([{"role": "user", "content": p}]) for p in prompts],
+                                on_done=lambda i, text, why: finished.append(i), **kw)
+    finally:
+        e.close()
+    return texts, finished
+
+
+def test_batched_greedy_text_is_what_the_model_alone_would_choose(model_gguf, segments):
+    # 10 prompts over 4 slots (slots refilled as sequences finish; n_batch=256 splits the longer
+    # prompts' evaluation over several decodes): every token a batched sequence picks greedily must
+    # be the top token of the same model reading that sequence alone. llama.cpp's kernels may round
+    # differently with the batch's shape (measured up to ~1e-5 per logit), hence the 0.01 margin.
+    gguf = runtime_gguf(model_gguf, "bf16")
+    prompts = [f"Write a question this text answers:\n{s['text'][:600]}" for s in segments]
+    batched, finished = _generate(gguf, 4, prompts, max_tokens=16, temperature=0.0)
+    assert sorted(finished) == list(range(10)) and finished != sorted(finished)  # out of order: refilled
+    alone = Engine(gguf, n_ctx=1024)
+    try:
+        for p, text in zip(prompts, batched, strict=True):
+            context = alone.tokenize(alone.format([{"role": "user", "content": p}]))
+            target = alone.tokenize(text)
+            assert target, p
+            for k, tok in enumerate(target):
+                logits = alone.next_token_logits(context + target[:k])
+                assert logits[tok] >= logits.max() - 0.01, (p[:60], text, k)
+    finally:
+        alone.close()
+
+
+def test_seeds_and_stop_strings_act_per_sequence(model_gguf):
+    gguf = runtime_gguf(model_gguf, "bf16")
+    prompt = "List three fruits, one per line."
+    texts, _ = _generate(gguf, 3, [prompt] * 3, max_tokens=20, temperature=1.0, seeds=[1, 1, 2])
+    assert texts[0] == texts[1] != texts[2]
+    cut, _ = _generate(gguf, 2, ["Count from 1 to 20, separated by commas."] * 2, max_tokens=40,
+                       temperature=0.0, stop=["5"])
+    assert cut[0] == cut[1] and "5" not in cut[0] and "4" in cut[0]
+
+
+def test_killed_batched_augment_resumes_to_the_uninterrupted_bytes(model_gguf, segments, tmp_path, monkeypatch):
+    # BF16 kernels round differently with the batch's shape (measured |logit change| ~1e-5, enough
+    # to flip a sampled token now and then), so resume must repeat the uninterrupted run's batches.
+    gguf = runtime_gguf(model_gguf, "bf16")
+    cfg = AugmentConfig(max_new_tokens=24)
+    e = Engine(gguf, n_ctx=1024, parallel=3)
+    try:
+        augment.augment(e, segments, tmp_path / "whole.jsonl", cfg, seed=7)
+        real_append, appended = store.JsonlAppender.append, []
+
+        def killed_after_four(self, row):
+            if len(appended) == 4:
+                raise KeyboardInterrupt
+            appended.append(row)
+            real_append(self, row)
+
+        monkeypatch.setattr(store.JsonlAppender, "append", killed_after_four)
+        with pytest.raises(KeyboardInterrupt):
+            augment.augment(e, segments, tmp_path / "resumed.jsonl", cfg, seed=7)
+        monkeypatch.setattr(store.JsonlAppender, "append", real_append)
+        counts = augment.augment(e, segments, tmp_path / "resumed.jsonl", cfg, seed=7)
+    finally:
+        e.close()
+    assert counts.resumed_from == 4 and counts.pairs == len(segments)
+    assert (tmp_path / "resumed.jsonl").read_bytes() == (tmp_path / "whole.jsonl").read_bytes()
