@@ -1,11 +1,13 @@
-"""Augment and score throughput: our llama.cpp engine vs plain transformers, side by side.
+"""Generation throughput side by side in one process: our batched llama.cpp engine vs plain
+transformers `generate` (bf16, at its best batch size on this machine) and vs our one-sequence path.
 
-    python benchmarks/bench_engine.py [--pairs 8] [--repeats 3]
+    python benchmarks/bench_engine.py [--pairs 32] [--repeats 3] [--parallel 8]
 
-Augment-like load: the backward prompt over a real pydoc segment (~300 tokens) + 48 sampled tokens.
-Score-like load: the rubric prompt + one next-token distribution (expected-score mode).
-Baselines: transformers `generate` / forward on the same model in bf16, batched (batch 8), the
-fastest plain setting measured on these CPUs. Prints medians over repeats and the ratios.
+Loads (the embedded SmolLM2-135M, the runtime type the recipes use, BF16):
+- augment: the backward prompt over real pydoc segments (~390 tokens), up to 48 sampled tokens
+  (temperature 0.7, top-p 0.9): what the augment stage does for every segment;
+- answer: a held-out seed instruction (~60 tokens), up to 160 greedy tokens: what evaluation does.
+Each line: `name: ours X/s, baseline Y/s, ratio Z` (medians over repeats; pairs or answers per second).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from humpback_lite import prompts
 from humpback_lite.corpus import segment
 from humpback_lite.engine import Engine
 from humpback_lite.models import fetch, get_card, runtime_gguf
+from humpback_lite.seed import load_seed
 from humpback_lite.train import prepare_weights
 
 
@@ -32,56 +35,55 @@ def timed(fn, repeats: int) -> float:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--pairs", type=int, default=8)
+    ap.add_argument("--pairs", type=int, default=32)
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--parallel", type=int, default=8)
+    ap.add_argument("--hf-batches", default="8,16,32", help="transformers batch sizes tried; the best is used")
     args = ap.parse_args()
 
     card = get_card("smollm2-135m")
-    gguf = fetch(card)
-    segs = [r["text"] for r in segment(["pydoc:topics"], 900, 1300, max_segments=args.pairs)[0]]
-    engines = {"Q4_1 (shipped)": Engine(gguf, n_ctx=2048), "BF16 (runtime_type)": Engine(runtime_gguf(gguf, "bf16"), n_ctx=2048)}
-    engine = engines["Q4_1 (shipped)"]
-    aug_prompts = [engine.format(prompts.backward_messages(s)) for s in segs]
-    score_prompts = [engine.format(prompts.rubric_messages("Explain this part of Python.", s),
-                                   assistant_prefix=engine.score_prefix) for s in segs]
-
-    def ours_augment(e):
-        for i, p in enumerate(aug_prompts):
-            e.generate(p, max_tokens=48, temperature=0.7, top_p=0.9, seed=i)
-
-    def ours_score(e):
-        for p in score_prompts:
-            e.digit_score(p)
+    gguf = runtime_gguf(fetch(card), "bf16")
+    segs = [r["text"] for r in segment(["pydoc:topics"], 600, 1500, max_segments=args.pairs)[0]]
+    _, held = load_seed("builtin:seed", 30)
+    batched = Engine(gguf, n_ctx=2048, parallel=args.parallel)
+    single = Engine(gguf, n_ctx=2048, parallel=1)
+    loads = {
+        "augment": ([batched.format(prompts.backward_messages(s)) for s in segs],
+                    {"max_tokens": 48, "temperature": 0.7, "top_p": 0.9}),
+        "answer": ([batched.format(prompts.forward_messages(p["instruction"], "seed", True)) for p in held][: args.pairs],
+                   {"max_tokens": 160, "temperature": 0.0}),
+    }
 
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    weights = prepare_weights(card, gguf)
-    tok = AutoTokenizer.from_pretrained(weights, padding_side="left")
-    model = AutoModelForCausalLM.from_pretrained(weights, dtype=torch.bfloat16).eval()
+    tok = AutoTokenizer.from_pretrained(prepare_weights(card, fetch(card)), padding_side="left")
+    model = AutoModelForCausalLM.from_pretrained(prepare_weights(card, fetch(card)), dtype=torch.bfloat16).eval()
 
-    def hf_batches(texts, fn, batch=8):
+    def hf(texts: list[str], kw: dict, batch: int) -> None:
+        sampling = ({"do_sample": True, "temperature": kw["temperature"], "top_p": kw["top_p"]}
+                    if kw["temperature"] > 0 else {"do_sample": False})
         for i in range(0, len(texts), batch):
-            enc = tok(texts[i:i + batch], return_tensors="pt", padding=True, add_special_tokens=False)
+            enc = tok(texts[i: i + batch], return_tensors="pt", padding=True, add_special_tokens=False)
             with torch.no_grad():
-                fn(enc)
+                model.generate(**enc, max_new_tokens=kw["max_tokens"], pad_token_id=tok.pad_token_id, **sampling)
 
-    def hf_augment():
-        hf_batches(aug_prompts, lambda enc: model.generate(
-            **enc, max_new_tokens=48, min_new_tokens=48, do_sample=True, temperature=0.7, top_p=0.9,
-            pad_token_id=tok.pad_token_id))
-
-    def hf_score():
-        hf_batches(score_prompts, lambda enc: model(**enc).logits[:, -1])
-
-    n = len(segs)
-    print(f"{'load':8} {'llama.cpp GGUF':20} {'ours pairs/s':>12} {'transformers bf16 b8 pairs/s':>29} {'ratio':>7}")
-    for name, ours, theirs in (("augment", ours_augment, hf_augment), ("score", ours_score, hf_score)):
-        t_hf = timed(theirs, args.repeats)
-        for label, e in engines.items():
-            t_ours = timed(lambda e=e, ours=ours: ours(e), args.repeats)
-            print(f"{name:8} {label:20} {n / t_ours:12.2f} {n / t_hf:29.2f} {t_hf / t_ours:7.2f}x", flush=True)
-    print(f"(medians of {args.repeats} runs over {n} pairs; torch threads {torch.get_num_threads()})")
+    for name, (texts, kw) in loads.items():
+        n = len(texts)
+        seeds = list(range(n))
+        t_ours = timed(lambda texts=texts, kw=kw: batched.generate_many(texts, seeds=seeds, **kw), args.repeats)
+        t_one = timed(lambda texts=texts, kw=kw: [single.generate(t, seed=s, **kw) for t, s in zip(texts, seeds)],
+                      args.repeats)
+        # the baseline at its best batch size here (one run each to choose, then the median)
+        best = min((int(b) for b in args.hf_batches.split(",")),
+                   key=lambda b: timed(lambda b=b: hf(texts, kw, b), 1))
+        t_hf = timed(lambda: hf(texts, kw, best), args.repeats)
+        print(f"{name}: ours {n / t_ours:.2f}/s, transformers bf16 batch {best} {n / t_hf:.2f}/s, "
+              f"ratio {t_hf / t_ours:.2f}", flush=True)
+        print(f"{name}: ours {n / t_ours:.2f}/s, ours one sequence {n / t_one:.2f}/s, ratio {t_one / t_ours:.2f}",
+              flush=True)
+    print(f"(parallel {args.parallel}; medians of {args.repeats} runs over {args.pairs} items; "
+          f"torch threads {torch.get_num_threads()}, llama.cpp threads {batched.llm.n_threads})")
 
 
 if __name__ == "__main__":

@@ -57,7 +57,7 @@ def augment(
 def resume_window(engine: Engine) -> int:
     """Items per resume window: one at a time runs alone; batched, several batches' worth, so the
     work a kill costs stays small while batches stay full."""
-    return 1 if engine.parallel == 1 else 8 * engine.parallel
+    return 1 if engine.parallel == 1 else 4 * engine.parallel
 
 
 def run(segments: Path, out: Path, cfg: AugmentConfig, engines: EngineFactory, adapter: Path | None,

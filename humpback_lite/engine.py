@@ -126,6 +126,32 @@ class _Sequence:
     logits_at: int = -1  # batch row holding this sequence's next-token logits, -1 if none this step
 
 
+KV_BUDGET = 1 << 30  # bytes of KV cache `auto_parallel` fills
+MAX_PARALLEL = 16  # measured: 16 -> 32 sequences adds 20 % on short-prompt answers, nothing on augment
+
+
+def kv_bytes_per_token(gguf: str | Path) -> int:
+    """Bytes of f16 K and V one token takes in llama.cpp's cache, from the GGUF's header."""
+    import gguf as gg
+
+    fields = gg.GGUFReader(str(gguf)).fields
+
+    def get(key: str) -> int | None:
+        f = fields.get(key)
+        return int(f.contents()) if f is not None else None
+
+    arch = fields["general.architecture"].contents()
+    heads = get(f"{arch}.attention.head_count") or 1
+    kv_heads = get(f"{arch}.attention.head_count_kv") or heads
+    head_dim = get(f"{arch}.attention.key_length") or (get(f"{arch}.embedding_length") or 0) // heads
+    return 2 * 2 * (get(f"{arch}.block_count") or 1) * kv_heads * head_dim
+
+
+def auto_parallel(gguf: str | Path, n_ctx: int) -> int:
+    """Sequences in flight by default: as many as fit `KV_BUDGET` at `n_ctx` each, 1 to 16."""
+    return max(1, min(MAX_PARALLEL, KV_BUDGET // max(1, n_ctx * kv_bytes_per_token(gguf))))
+
+
 class Engine:
     def __init__(
         self,
@@ -163,7 +189,7 @@ class Engine:
                     lora_path=str(adapter) if adapter else None,
                     n_ctx=n_ctx * parallel,
                     n_threads=n_threads or max(1, (os.cpu_count() or 2)),
-                    n_batch=n_batch,
+                    n_batch=max(n_batch, parallel),  # every sequence's next token fits one decode
                     n_gpu_layers=n_gpu_layers,
                     seed=seed,
                     verbose=bool(os.environ.get("HUMPBACK_VERBOSE")),
@@ -193,9 +219,10 @@ class Engine:
                     seed: int = 0) -> Engine:
         """The engine a recipe describes: its runtime tensor type (converted once, cached) and
         every engine setting. Loop, single-stage commands, chat and evaluation all build it so."""
-        return cls(runtime_gguf(Path(gguf), cfg.runtime_type), adapter=adapter, n_ctx=cfg.n_ctx,
-                   n_threads=cfg.n_threads, n_batch=cfg.n_batch, n_gpu_layers=cfg.n_gpu_layers, seed=seed,
-                   extra_buffers=cfg.extra_buffers, parallel=cfg.parallel)
+        path = runtime_gguf(Path(gguf), cfg.runtime_type)
+        return cls(path, adapter=adapter, n_ctx=cfg.n_ctx, n_threads=cfg.n_threads, n_batch=cfg.n_batch,
+                   n_gpu_layers=cfg.n_gpu_layers, seed=seed, extra_buffers=cfg.extra_buffers,
+                   parallel=cfg.parallel or auto_parallel(path, cfg.n_ctx))
 
     def _native(self, op: str):
         """Mark a call into llama.cpp, so that a crash inside it is reported with model and op."""
@@ -265,14 +292,16 @@ class Engine:
         self.llm.n_tokens = 0  # the prefix cache of next_token_logits is gone
         queue = list(range(len(prompts)))[::-1]
         live: list[_Sequence] = []
-        free = list(range(self.parallel))[::-1]
+        free = list(range(self.parallel))
         results: list[str] = [""] * len(prompts)
         batch = L.llama_batch_init(self.llm.n_batch, 0, 1)
         try:
             while queue or live:
                 while queue and free:
                     i = queue.pop()
-                    live.append(_Sequence(i, free.pop(), list(tokens[i]), self._sampler(temperature, top_p, seeds[i])))
+                    live.append(_Sequence(i, free.pop(0), list(tokens[i]), self._sampler(temperature, top_p, seeds[i])))
+                if not queue:
+                    self._compact(live, free, mem)
                 self._fill(batch, live)
                 with self._native("decode"):
                     rc = L.llama_decode(ctx, batch)
@@ -290,6 +319,7 @@ class Engine:
                     s.sampler = None
                     live.remove(s)
                     free.append(s.seq)
+                    free.sort()
                     if on_done:
                         on_done(s.index, text, why)
         finally:
@@ -300,11 +330,16 @@ class Engine:
         return results
 
     def _fill(self, batch, live: list[_Sequence]) -> None:
-        """One decode's tokens: every generating sequence's last token first, then as much of the
-        waiting prompts as `n_batch` allows; logits only where a sequence's next token is due."""
-        n, cap = 0, self.llm.n_batch
-        for s in sorted(live, key=lambda s: len(s.pending) > 1):  # generating (one pending) first
-            take = s.pending[: cap - n]
+        """One decode's tokens: every generating sequence's last token, then as much of the waiting
+        prompts as `n_batch` allows; logits only where a sequence's next token is due. Laid out in
+        ascending sequence id: llama.cpp then decodes all sequences in one micro-batch (with the KV
+        cache split per sequence it only groups consecutive ids)."""
+        budget = self.llm.n_batch - sum(1 for s in live if len(s.pending) == 1)
+        n = 0
+        for s in sorted(live, key=lambda s: s.seq):
+            take = s.pending if len(s.pending) == 1 else s.pending[: max(0, budget)]
+            if len(s.pending) > 1:
+                budget -= len(take)
             for j, tok in enumerate(take):
                 batch.token[n + j] = tok
                 batch.pos[n + j] = s.n_past + j
@@ -319,6 +354,22 @@ class Engine:
             s.pending = s.pending[len(take):]
             n += len(take)
         batch.n_tokens = n
+
+    @staticmethod
+    def _compact(live: list[_Sequence], free: list[int], mem) -> None:
+        """With no prompt left to start, move the highest sequences into the lowest free ids (their
+        KV copied by llama.cpp at the next decode), so that the ids in flight stay 0..k-1 and the
+        last sequences still share one micro-batch instead of one each."""
+        import llama_cpp as L
+
+        while free and live and free[0] < max(s.seq for s in live):
+            s = max(live, key=lambda s: s.seq)
+            hole = free.pop(0)
+            L.llama_memory_seq_cp(mem, s.seq, hole, -1, -1)
+            L.llama_memory_seq_rm(mem, s.seq, -1, -1)
+            free.append(s.seq)
+            free.sort()
+            s.seq = hole
 
     def _sampler(self, temperature: float, top_p: float, seed: int):
         """top-p then temperature then a draw seeded per sequence (greedy at temperature 0)."""

@@ -88,13 +88,15 @@ class EngineConfig:
     extra_buffers: Literal["auto", "on", "off"] = "auto"
     """llama.cpp's extra CPU weight layouts (AMX tiles, repacking). auto = off on CPUs with AMX, where
     quantized GGUFs crash llama.cpp (llama.cpp#20824), on elsewhere. Does not change results."""
-    parallel: int = 4
+    parallel: int | None = None
     """Sequences generated together per llama.cpp decode (continuous batching), each with its own
-    n_ctx of KV cache. Texts do not depend on it; speed does (README, "Throughput")."""
+    n_ctx of KV cache. None = as many as fit a 1 GiB KV cache, at most 16 (16 for the embedded model
+    at n_ctx 2048). Speed depends on it (README, "Throughput"); a run's texts depend only on it
+    through llama.cpp's rounding, and a resumed run repeats the same batches."""
 
     def __post_init__(self) -> None:
         _check(self.n_ctx >= 256, "n_ctx", "must be >= 256")
-        _check(1 <= self.parallel <= 256, "parallel", "must be in 1..256")
+        _check(self.parallel is None or 1 <= self.parallel <= 256, "parallel", "must be in 1..256 (or null: auto)")
         _check(self.n_batch >= 1, "n_batch", "must be >= 1")
 
 
