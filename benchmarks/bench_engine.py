@@ -68,20 +68,21 @@ def main() -> None:
             with torch.no_grad():
                 model.generate(**enc, max_new_tokens=kw["max_tokens"], pad_token_id=tok.pad_token_id, **sampling)
 
-    for name, (texts, kw) in loads.items():
-        n = len(texts)
-        seeds = list(range(n))
-        t_ours = timed(lambda texts=texts, kw=kw: batched.generate_many(texts, seeds=seeds, **kw), args.repeats)
-        t_one = timed(lambda texts=texts, kw=kw: [single.generate(t, seed=s, **kw) for t, s in zip(texts, seeds)],
+    def measure(name: str, texts: list[str], kw: dict) -> None:
+        n, seeds = len(texts), list(range(len(texts)))
+        t_ours = timed(lambda: batched.generate_many(texts, seeds=seeds, **kw), args.repeats)
+        t_one = timed(lambda: [single.generate(t, seed=s, **kw) for t, s in zip(texts, seeds, strict=True)],
                       args.repeats)
         # the baseline at its best batch size here (one run each to choose, then the median)
-        best = min((int(b) for b in args.hf_batches.split(",")),
-                   key=lambda b: timed(lambda b=b: hf(texts, kw, b), 1))
+        best = min((int(b) for b in args.hf_batches.split(",")), key=lambda b: timed(lambda: hf(texts, kw, b), 1))
         t_hf = timed(lambda: hf(texts, kw, best), args.repeats)
         print(f"{name}: ours {n / t_ours:.2f}/s, transformers bf16 batch {best} {n / t_hf:.2f}/s, "
               f"ratio {t_hf / t_ours:.2f}", flush=True)
         print(f"{name}: ours {n / t_ours:.2f}/s, ours one sequence {n / t_one:.2f}/s, ratio {t_one / t_ours:.2f}",
               flush=True)
+
+    for name, (texts, kw) in loads.items():
+        measure(name, texts, kw)
     print(f"(parallel {args.parallel}; medians of {args.repeats} runs over {args.pairs} items; "
           f"torch threads {torch.get_num_threads()}, llama.cpp threads {batched.llm.n_threads})")
 

@@ -170,7 +170,7 @@ def chat(run_dir: str | None, model: str, adapter: str | None, system: str | Non
     else:
         raise ModelError("give a run folder or --adapter")
     # The file as it is: chat generates token by token, where Q8_0 (the merged export) beats BF16.
-    engine = _engines(gguf, n_ctx, extra_buffers, runtime_type="original")(lora)
+    engine = _engines(gguf, n_ctx, extra_buffers, runtime_type="original")(lora, batched=False)
     session = Chat(engine, system or prompts.SEED_TAG, max_tokens=max_tokens, temperature=temperature)
     console.print(f"chatting with {gguf.name}" + (f" + {lora.name}" if lora else "") + "; /exit quits, /reset starts over",
                   highlight=False, soft_wrap=True)
@@ -249,7 +249,9 @@ def models() -> None:
     """List model cards and whether each is cached locally."""
     from rich.table import Table
 
-    from .models import home, list_cards
+    from .engines import settings
+    from .models import get_card, home, list_cards
+    from .recipe import EngineConfig, Recipe
     from .ui import console
 
     table = Table(title=f"models (cache: {home() / 'models'})")
@@ -259,6 +261,10 @@ def models() -> None:
         src = card.gguf.get("pypi") or card.gguf.get("hf_repo") or card.gguf.get("path", "")
         table.add_row(card.name, card.description, card.license, src, "yes" if card.is_cached() else "no")
     console.print(table)
+    default = get_card(Recipe.model)
+    shown = settings(EngineConfig(), default.gguf_path if default.is_cached() else None)
+    console.print(f"llama.cpp on this machine (recipe defaults, {default.name}): "
+                  + ", ".join(f"{k} {v}" for k, v in shown.items()))
 
 
 # ----------------------------------------------------------------------------- single stages on plain files

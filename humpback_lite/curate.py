@@ -412,8 +412,9 @@ def run_score(pairs: list[dict], out: Path, cfg: CurateConfig, engines: EngineFa
     the backward signal) into `out`, resumable; with `checks`, the self-checks written there."""
     if "backward" in wanted_signals(cfg) and backward is None:
         raise DataError("the backward signal needs the backward model's adapter (M_yx)")
-    engine = engines(judge)
-    back = engines(backward) if "backward" in wanted_signals(cfg) else None
+    batched = cfg.mode == "reasoning"  # only the reasoning mode generates
+    engine = engines(judge, batched=batched)
+    back = engines(backward, batched=False) if "backward" in wanted_signals(cfg) else None
     scorer = Scorer(engine, back, tags=tags, max_answer_tokens=cfg.max_answer_tokens)
     try:
         usable = sum(1 for p in pairs if p["instruction"].strip())

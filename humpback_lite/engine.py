@@ -65,6 +65,26 @@ def cpu_flags() -> set[str]:
     return set()
 
 
+def physical_cores() -> int:
+    """Cores this process may run on, counting hyper-threads once: llama.cpp's matmuls gain
+    nothing from a core's second thread and lose to the contention."""
+    allowed = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else set(range(os.cpu_count() or 1))
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return max(1, len(allowed))
+    cores, cpu, phys = set(), None, "0"
+    for line in text.splitlines():
+        key, _, value = (x.strip() for x in line.partition(":"))
+        if key == "processor":
+            cpu = int(value)
+        elif key == "physical id":
+            phys = value
+        elif key == "core id" and cpu in allowed:
+            cores.add((phys, value))
+    return max(1, len(cores) or len(allowed))
+
+
 def use_extra_buffers(setting: ExtraBuffers) -> bool:
     """Whether llama.cpp may put CPU weights in its extra buffer types (AMX tiles, repacked
     layouts). `auto` turns them off on CPUs with AMX: there quantized GGUFs (Q4_0, Q4_1, Q8_0)
@@ -152,6 +172,21 @@ def auto_parallel(gguf: str | Path, n_ctx: int) -> int:
     return max(1, min(MAX_PARALLEL, KV_BUDGET // max(1, n_ctx * kv_bytes_per_token(gguf))))
 
 
+def settings(cfg: EngineConfig, gguf: str | Path | None = None) -> dict[str, object]:
+    """What an engine built from `cfg` would use on this machine (for `humpback models`)."""
+    out: dict[str, object] = {
+        "threads": cfg.n_threads or physical_cores(),
+        "extra_buffers": f"{'on' if use_extra_buffers(cfg.extra_buffers) else 'off'} ({cfg.extra_buffers}; "
+                         f"AMX {'yes' if AMX_FLAGS & cpu_flags() else 'no'})",
+        "runtime_type": cfg.runtime_type, "n_ctx per sequence": cfg.n_ctx, "n_batch": cfg.n_batch,
+    }
+    if gguf is not None:
+        parallel = cfg.parallel or auto_parallel(gguf, cfg.n_ctx)
+        kv = parallel * cfg.n_ctx * kv_bytes_per_token(gguf)
+        out["parallel"] = f"{parallel} ({'set' if cfg.parallel else 'auto'}; KV cache {kv / 2**20:.0f} MiB)"
+    return out
+
+
 class Engine:
     def __init__(
         self,
@@ -188,7 +223,7 @@ class Engine:
                     model_path=str(self.gguf),
                     lora_path=str(adapter) if adapter else None,
                     n_ctx=n_ctx * parallel,
-                    n_threads=n_threads or max(1, (os.cpu_count() or 2)),
+                    n_threads=n_threads or physical_cores(),
                     n_batch=max(n_batch, parallel),  # every sequence's next token fits one decode
                     n_gpu_layers=n_gpu_layers,
                     seed=seed,

@@ -15,7 +15,9 @@ if TYPE_CHECKING:
     from .engine import Engine
     from .recipe import EngineConfig
 
-EngineFactory = Callable[[Path | None], "Engine"]
+# `factory(adapter)` or `factory(adapter, batched=False)`: an engine that only scores needs one
+# sequence's KV cache, not `engine.parallel` of them.
+EngineFactory = Callable[..., "Engine"]
 
 
 def resolve(model: str | Path) -> Path:
@@ -34,5 +36,15 @@ def make(model: str | Path, cfg: EngineConfig, adapter: str | Path | None = None
 
 def factory(model: str | Path, cfg: EngineConfig, seed: int = 0) -> EngineFactory:
     """`adapter -> Engine` for one base model: what stages take, so they need no engine settings."""
+    from dataclasses import replace
+
     gguf = resolve(model)
-    return lambda adapter=None: make(gguf, cfg, adapter=adapter, seed=seed)
+    single = replace(cfg, parallel=1)
+    return lambda adapter=None, batched=True: make(gguf, cfg if batched else single, adapter=adapter, seed=seed)
+
+
+def settings(cfg: EngineConfig, gguf: str | Path | None = None) -> dict[str, object]:
+    """What an engine built from `cfg` would use on this machine (`humpback models` shows it)."""
+    from . import engine
+
+    return engine.settings(cfg, gguf)

@@ -163,10 +163,10 @@ class Loop:
     def _judge_engine(self):
         judge = self.recipe.evaluate.judge
         if judge == "final":
-            return self.engines(self._in(layout.stage("train", self.recipe.rounds), "adapter.gguf"))
+            return self.engines(self._in(layout.stage("train", self.recipe.rounds), "adapter.gguf"), batched=False)
         if judge == "base":
-            return self.engines(None)
-        return factory(judge, self.recipe.engine, seed=self.recipe.seed)(None)
+            return self.engines(None, batched=False)
+        return factory(judge, self.recipe.engine, seed=self.recipe.seed)(None, batched=False)
 
     def _stage_evaluate(self, p: graph.Planned, d: Path) -> dict:
         from . import evaluate, ui

@@ -77,7 +77,7 @@ class EngineConfig:
     n_ctx: int = 2048
     """llama.cpp context length in tokens (prompt + generation)."""
     n_threads: int | None = None
-    """CPU threads for llama.cpp (None = all physical cores)."""
+    """CPU threads for llama.cpp (None = the physical cores this process may use)."""
     n_batch: int = 512
     """Prompt tokens evaluated per llama.cpp decode call."""
     n_gpu_layers: int = 0

@@ -92,7 +92,7 @@ class FakeEngine:
 
 def fake_engines(log: list | None = None):
     """An engine factory (`adapter -> Engine`) of fakes, for `Loop.engines` and stage functions."""
-    return lambda adapter=None: FakeEngine(adapter, log)
+    return lambda adapter=None, batched=True: FakeEngine(adapter, log)
 
 
 def fake_train_run(examples, adapter_dir: Path, gguf_out: Path, card, gguf, cfg, seed=0, progress=None, label=""):
