@@ -147,7 +147,9 @@ def fit_rows(rows: list[dict[str, Any]], tok, max_length: int) -> list[dict[str,
             prompt_text = tok.apply_chat_template(r["prompt"], add_generation_prompt=True, tokenize=False)
             n_prompt = len(tok(prompt_text, add_special_tokens=False)["input_ids"])
         room = max_length - n_prompt - 2
-        if n_comp - 2 > room > 0:
+        if room <= 0:
+            continue  # the prompt alone fills max_length: no answer token would be trained on
+        if n_comp - 2 > room:
             r = {**r, "completion": [dict(r["completion"][0], content=_cut_at_sentence(tok.decode(comp_ids[:room])))]}
         out.append({"prompt": r["prompt"], "completion": r["completion"]})
     return out
@@ -182,7 +184,10 @@ def train_lora(
 
     torch.manual_seed(seed)
     model, tok, peft_cfg = _load(weights, cfg, seed)
-    ds = Dataset.from_list(fit_rows(rows, tok, cfg.max_length))
+    fitted = fit_rows(rows, tok, cfg.max_length)
+    if not fitted:
+        raise TrainError(f"no row leaves room for an answer within max_length={cfg.max_length} tokens")
+    ds = Dataset.from_list(fitted)
 
     class _Progress(TrainerCallback):
         def on_step_end(self, a, state, control, **kw):
@@ -229,7 +234,12 @@ def _sft_config(cfg: TrainConfig, output_dir: Path, seed: int, cuda: bool):
         weight_decay=cfg.weight_decay,
         lr_scheduler_type="linear",
         warmup_steps=0,
-        max_length=cfg.max_length,
+        # Rows go in without padding, one flat sequence per batch whose attention never crosses a
+        # row boundary (position ids restart per row). fit_rows already made every row fit
+        # max_length, so TRL must not cut (it refuses to with padding-free). Measured on 2 cores:
+        # +3 % tokens/s, the same loss after 8 steps (2.3710 vs 2.3714 padded).
+        padding_free=True,
+        max_length=None,
         logging_steps=1,
         save_strategy="no",
         report_to=[],
