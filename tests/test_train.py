@@ -39,27 +39,6 @@ def test_training_never_unpickles_weights(hf_weights, tmp_path):
         train._load(str(d), TrainConfig(quantize="none"), 0)
 
 
-def test_padding_free_batches_train_to_the_loss_of_padded_ones(hf_weights, tmp_path, monkeypatch):
-    # Rows of very different lengths in one batch: without padding they are one flat sequence, and
-    # the loss can only match the padded batch's if no row attends across its boundary.
-    from humpback_lite import train
-    from humpback_lite.recipe import TrainConfig
-
-    rows = [prompts.forward_row({"instruction": f"Question {i}?", "output": "Word " * (5 + 40 * i)}) for i in range(4)]
-    cfg = TrainConfig(quantize="none", max_steps=1, batch_size=4, max_length=256)
-    free = train.train_lora(rows, tmp_path / "free", hf_weights, cfg)
-    real = train._sft_config
-
-    def padded(*a, **kw):
-        c = real(*a, **kw)
-        c.padding_free = False
-        return c
-
-    monkeypatch.setattr(train, "_sft_config", padded)
-    pad = train.train_lora(rows, tmp_path / "pad", hf_weights, cfg)
-    assert free.train_loss == pytest.approx(pad.train_loss, rel=2e-3)
-
-
 def test_a_row_whose_prompt_fills_max_length_is_left_out(hf_weights):
     from transformers import AutoTokenizer
 
