@@ -7,6 +7,7 @@ lint:
 	ruff check humpback_lite tests benchmarks
 bench:
 	python benchmarks/bench_engine.py
+	python benchmarks/bench_train.py
 	python benchmarks/bench_score.py
 	python benchmarks/bench_segment.py
 	python benchmarks/bench_extra_buffers.py

@@ -1,7 +1,7 @@
 """Generation throughput side by side in one process: our batched llama.cpp engine vs plain
 transformers `generate` (bf16, at its best batch size on this machine) and vs our one-sequence path.
 
-    python benchmarks/bench_engine.py [--pairs 32] [--repeats 3] [--parallel 8]
+    python benchmarks/bench_engine.py [--pairs 32] [--repeats 3] [--parallel 16]
 
 Loads (the embedded SmolLM2-135M, the runtime type the recipes use, BF16):
 - augment: the backward prompt over real pydoc segments (~390 tokens), up to 48 sampled tokens
@@ -37,7 +37,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--pairs", type=int, default=32)
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--parallel", type=int, default=8)
+    ap.add_argument("--parallel", type=int, default=16)
     ap.add_argument("--hf-batches", default="8,16,32", help="transformers batch sizes tried; the best is used")
     args = ap.parse_args()
 
