@@ -79,8 +79,9 @@ class Counts:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
+        """Flat, without the figures a stage did not have (None): `of` restores them as None."""
         named = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "extra"}
-        return {**self.extra, **named}
+        return {**self.extra, **{k: v for k, v in named.items() if v is not None}}
 
     @classmethod
     def of(cls, data: Mapping[str, Any] | None) -> Self:
