@@ -324,7 +324,9 @@ class Engine:
         import llama_cpp as L
 
         tokens = [self.tokenize(p) for p in prompts]
-        for t in tokens:
+        for i, t in enumerate(tokens):
+            if not t:
+                raise ModelError(f"prompt {i} is empty: nothing to continue ({self.name})")
             self._check_fits(t, max_tokens)
         seeds = list(seeds) if seeds is not None else [0] * len(prompts)
         ctx = self.llm._ctx.ctx

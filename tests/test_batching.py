@@ -90,3 +90,17 @@ def test_killed_batched_augment_resumes_to_the_uninterrupted_bytes(model_gguf, s
         e.close()
     assert counts.resumed_from == 4 and counts.pairs == len(segments)
     assert (tmp_path / "resumed.jsonl").read_bytes() == (tmp_path / "whole.jsonl").read_bytes()
+
+
+def test_an_empty_or_oversized_prompt_is_refused_before_any_decode(model_gguf):
+    from humpback_lite.models import ContextError, ModelError
+
+    e = Engine(runtime_gguf(model_gguf, "bf16"), n_ctx=256, parallel=2)
+    try:
+        with pytest.raises(ModelError, match="prompt 1 is empty"):
+            e.generate_many(["Hello", ""], max_tokens=4)
+        with pytest.raises(ContextError, match="does not fit the context of 256"):
+            e.generate_many(["Hello", "word " * 300], max_tokens=4)
+        assert e.generate_many(["Hello"], max_tokens=2, temperature=0.0)  # the engine still works
+    finally:
+        e.close()
