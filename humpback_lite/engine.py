@@ -1,11 +1,12 @@
 """llama.cpp inference: a quantized GGUF base plus an optional GGUF LoRA adapter.
 
-Generation goes through llama-cpp-python's high-level API; scoring reads next-token logits
-through its low-level binding (`llama_get_logits_ith`) so no `logits_all` buffer is needed.
+`Llama` (llama-cpp-python's high-level class) loads the model and tokenizes; generation
+(`generate_many`: several sequences per decode, continuous batching) and scoring (next-token logits,
+token log-probs read only at the rows needed, no `logits_all` buffer) use its low-level binding.
 Chat prompts are rendered with the GGUF's own template, the one training uses too.
-Every GGUF the project runs is loaded here (`Engine`; stages get theirs from `engines.make`,
-which applies a recipe's engine settings through `Engine.from_config`), so model parameters such as `extra_buffers` apply everywhere.
-Knows nothing of training.
+Every GGUF the project runs is loaded here (`Engine`; stages get theirs from `engines.make`, which
+applies a recipe's engine settings through `Engine.from_config`), so model parameters such as
+`extra_buffers` apply everywhere. Knows nothing of training.
 """
 
 from __future__ import annotations

@@ -202,19 +202,8 @@ def resume_jsonl(path: str | Path, items: Iterable[Any], key: Callable[[Any], An
     there yet (records matched by `record_key`, default `key`), one fsynced line each: a killed
     process resumes after the last complete line. `work` may return None to write nothing.
     Returns (records already there, records written now)."""
-    match = record_key or key
-    with JsonlAppender(path) as out:
-        done = {match(r) for r in out.done}
-        new = 0
-        for item in items:
-            if key(item) not in done:
-                rec = work(item)
-                if rec is not None:
-                    out.append(rec)
-                    new += 1
-            if on_item:
-                on_item()
-    return len(done), new
+    return resume_jsonl_windows(path, items, key, lambda chunk, emit: emit(chunk[0], work(chunk[0])), window=1,
+                                on_item=on_item, record_key=record_key)
 
 
 def resume_jsonl_windows(path: str | Path, items: Iterable[Any], key: Callable[[Any], Any],
