@@ -85,6 +85,30 @@ def run(recipe: str, overrides: tuple[str, ...], out_dir: str | None) -> None:
     console.print(f"[green]done:[/] {run_dir.root / 'export'}")
 
 
+@main.command("serve-config")
+@click.argument("recipe", type=click.Path(dir_okay=False))
+@click.argument("overrides", nargs=-1)
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), help="Run folder (default runs/<recipe name>).")
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8000, show_default=True)
+def serve_config(recipe: str, overrides: tuple[str, ...], out_dir: str | None, host: str, port: int) -> None:
+    """Print a llama_cpp.server config that serves RECIPE's run (base model + every adapter).
+
+    python -m llama_cpp.server --config_file <(humpback serve-config recipes/quickstart.yaml)
+    """
+    import json
+
+    from .engines import resolve
+    from .models import runtime_gguf
+    from .recipe import load_recipe
+    from .remote import llama_cpp_server_config
+
+    rec = load_recipe(recipe, overrides)
+    base = runtime_gguf(resolve(rec.model), rec.engine.runtime_type)  # the file a local engine runs
+    click.echo(json.dumps(llama_cpp_server_config(rec, Path(out_dir or Path("runs") / rec.name), base, host, port),
+                          indent=2))
+
+
 @main.command()
 @click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
 @click.argument("overrides", nargs=-1)

@@ -24,19 +24,22 @@ harmless appended lines cause (the judge's noise floor).
 from __future__ import annotations
 
 import bisect
+import functools
 import random
 import re
 from collections import Counter
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 from . import prompts, ui
 from .engine import Engine
 from .engines import EngineFactory
 from .layout import ScoreCounts, SelectCounts
-from .recipe import CurateConfig
+from .recipe import CurateConfig, RayConfig
 from .signals import RUBRIC_MODES, SIGNALS, Scorer, combine, ranks
-from .store import DataError, read_jsonl, resume_jsonl, write_jsonl
+from .store import DataError, read_jsonl, resume_jsonl_windows, write_jsonl
 
 _FREE_SCORE = re.compile(r"score\s*:\s*([1-5])", re.IGNORECASE)
 
@@ -106,23 +109,50 @@ def score_record(scorer: Scorer, instruction: str, output: str, cfg: CurateConfi
     return {"signals": sig, **details}
 
 
+def score_pair(scorer: Scorer, pair: dict, cfg: CurateConfig) -> dict:
+    """One candidate's record: its signals and, under a rubric mode, the rubric's details."""
+    rec = {k: pair[k] for k in ("id", "instruction", "output", "provenance") if k in pair}
+    rec["mode"] = cfg.mode
+    if not pair["instruction"].strip():
+        return {**rec, "score": None, "skipped": "empty instruction"}
+    return {**rec, **score_record(scorer, pair["instruction"], pair["output"], cfg)}
+
+
+def concurrency(engine: Engine) -> int:
+    """Pairs scored at once: a remote judge takes `parallel` requests in flight; llama.cpp in
+    this process scores one after another (its context is not shared between threads)."""
+    return engine.parallel if getattr(engine, "threadsafe", False) else 1
+
+
+def score_window(scorer: Scorer, chunk: list[dict], emit: Callable[[dict, dict], None], cfg: CurateConfig) -> None:
+    """Score one resume window, emitting the records in the window's order."""
+    n = concurrency(scorer.judge)
+    if n == 1 or len(chunk) == 1:
+        for p in chunk:
+            emit(p, score_pair(scorer, p, cfg))
+        return
+    with ThreadPoolExecutor(max_workers=n) as pool:
+        for p, rec in zip(chunk, pool.map(lambda q: score_pair(scorer, q, cfg), chunk), strict=True):
+            emit(p, rec)
+
+
+RAY_SCORE_WINDOW = 4  # pairs per Ray task: enough to amortise a task, small enough to spread
+
+
 def score_pairs(
-    scorer: Scorer,
+    scorer: Scorer | None,
     pairs: list[dict],
     out_path: str | Path,
     cfg: CurateConfig,
     on_item: Callable[[], None] | None = None,
+    pool: Any = None,
 ) -> dict:
     """Score every pair (skipping those already in out_path), append records, then give each its
-    `score` under the mode (a combined score needs all of them) and rewrite the file atomically."""
-    def scored(pair: dict) -> dict:
-        rec = {k: pair[k] for k in ("id", "instruction", "output", "provenance") if k in pair}
-        rec["mode"] = cfg.mode
-        if not pair["instruction"].strip():
-            return {**rec, "score": None, "skipped": "empty instruction"}
-        return {**rec, **score_record(scorer, pair["instruction"], pair["output"], cfg)}
-
-    resume_jsonl(out_path, pairs, key=lambda p: p["id"], work=scored, on_item=on_item)
+    `score` under the mode (a combined score needs all of them) and rewrite the file atomically.
+    With `pool` (cluster.RayPool running `score_window`), Ray workers score and `scorer` is unused."""
+    window = RAY_SCORE_WINDOW if pool is not None else concurrency(scorer.judge)  # type: ignore[union-attr]
+    resume_jsonl_windows(out_path, pairs, key=lambda p: p["id"], window=window, on_item=on_item, pool=pool,
+                         work=None if pool is not None else lambda chunk, emit: score_window(scorer, chunk, emit, cfg))
     records = read_jsonl(out_path)
     finalize(records, cfg)
     write_jsonl(out_path, records)
@@ -405,29 +435,46 @@ def normalize_pairs(rows: list[dict], source: str, instruction_field: str | None
 # ----------------------------------------------------------------------------- the stages
 
 
-def run_score(pairs: list[dict], out: Path, cfg: CurateConfig, engines: EngineFactory, judge: Path | None,
-              backward: Path | None = None, tags: bool = True, checks: Path | None = None, seed: int = 0,
-              progress=ui.progress, label: str = "score") -> ScoreCounts:
-    """The score stage: every pair scored by the `judge` adapter (and the `backward` model's for
-    the backward signal) into `out`, resumable; with `checks`, the self-checks written there."""
+def make_scorer(engines: EngineFactory, judge: Path | None, backward: Path | None, cfg: CurateConfig,
+                tags: bool = True) -> Scorer:
+    """The judge's engine (+ the backward model's, for the backward signal) as a `Scorer`."""
     if "backward" in wanted_signals(cfg) and backward is None:
         raise DataError("the backward signal needs the backward model's adapter (M_yx)")
-    batched = cfg.mode == "reasoning"  # only the reasoning mode generates
-    engine = engines(judge, batched=batched)
-    back = engines(backward, batched=False) if "backward" in wanted_signals(cfg) else None
-    scorer = Scorer(engine, back, tags=tags, max_answer_tokens=cfg.max_answer_tokens)
+    engine = engines(judge, batched=cfg.mode == "reasoning")  # only the reasoning mode generates
     try:
-        usable = sum(1 for p in pairs if p["instruction"].strip())
-        n_checks = 0 if checks is None else min(cfg.checks, usable) * 2 + min(cfg.checks, usable, cfg.injection_checks) * (
-            len(INJECTIONS) + len(BENIGN))
-        with progress(f"{label} ({cfg.mode})", len(pairs) + n_checks) as advance:
-            counts = score_pairs(scorer, pairs, out, cfg, on_item=advance)
+        back = engines(backward, batched=False) if "backward" in wanted_signals(cfg) else None
+    except BaseException:
+        engine.close()
+        raise
+    return Scorer(engine, back, tags=tags, max_answer_tokens=cfg.max_answer_tokens)
+
+
+def run_score(pairs: list[dict], out: Path, cfg: CurateConfig, engines: EngineFactory, judge: Path | None,
+              backward: Path | None = None, tags: bool = True, checks: Path | None = None, seed: int = 0,
+              progress=ui.progress, label: str = "score", ray: RayConfig | None = None) -> ScoreCounts:
+    """The score stage: every pair scored by the `judge` adapter (and the `backward` model's for
+    the backward signal) into `out`, resumable; with `checks`, the self-checks written there.
+    With `ray`, Ray workers score the pairs (each holding its engines); the checks run here."""
+    make = functools.partial(make_scorer, engines, judge, backward, cfg, tags)
+    usable = sum(1 for p in pairs if p["instruction"].strip())
+    n_checks = 0 if checks is None else min(cfg.checks, usable) * 2 + min(cfg.checks, usable, cfg.injection_checks) * (
+        len(INJECTIONS) + len(BENIGN))
+    with progress(f"{label} ({cfg.mode})", len(pairs) + n_checks) as advance:
+        if ray is not None:
+            from .cluster import RayPool
+
+            pool = RayPool(ray, make, functools.partial(score_window, cfg=cfg))
+            counts = score_pairs(None, pairs, out, cfg, on_item=advance, pool=pool)
+            if checks is None:
+                return ScoreCounts.of(counts)
+        scorer = make()
+        try:
+            if ray is None:
+                counts = score_pairs(scorer, pairs, out, cfg, on_item=advance)
             if checks is not None:
                 counts.update(self_check(scorer, pairs, read_jsonl(out), cfg, checks, seed=seed, on_item=advance))
-    finally:
-        engine.close()
-        if back is not None:
-            back.close()
+        finally:
+            scorer.close()
     return ScoreCounts.of(counts)
 
 

@@ -20,7 +20,7 @@ import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
@@ -195,7 +195,65 @@ def settings(cfg: EngineConfig, gguf: str | Path | None = None) -> dict[str, obj
     return out
 
 
-class Engine:
+class Prompting:
+    """What a prompt looks like to the model: its chat template and tokenizer, read from the GGUF.
+    Shared by the in-process engine and the remote one (remote.py), so both send the same bytes."""
+
+    llm: Any  # a llama_cpp.Llama (a vocab-only one is enough)
+    gguf: Path
+
+    def _init_prompting(self, chat_template: str | None) -> None:
+        from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+        template = chat_template or self.llm.metadata.get("tokenizer.chat_template") or CHATML
+        model = self.llm._model
+        eos, bos = self.llm.token_eos(), self.llm.token_bos()
+        self._fmt = Jinja2ChatFormatter(
+            template=template,
+            eos_token=model.token_get_text(eos) if eos != -1 else "",
+            bos_token=model.token_get_text(bos) if bos != -1 else "",
+        )
+        self._digits = self.digit_tokens()
+
+    def format(self, messages: list[dict[str, str]], assistant_prefix: str = "") -> str:
+        """Render chat messages with the model's template, opening the assistant turn."""
+        return self._fmt(messages=messages).prompt + assistant_prefix
+
+    def tokenize(self, text: str) -> list[int]:
+        # special=True so template markers become control tokens; untrusted text has had them
+        # stripped by prompts.sanitize(). add_bos=False: templates that want BOS include it.
+        return self.llm.tokenize(text.encode("utf-8"), add_bos=False, special=True)
+
+    def truncate(self, text: str, max_tokens: int) -> str:
+        toks = self.llm.tokenize(text.encode("utf-8"), add_bos=False, special=False)
+        if len(toks) <= max_tokens:
+            return text
+        return self.llm.detokenize(toks[:max_tokens]).decode("utf-8", errors="ignore")
+
+    def detokenize(self, tokens: list[int]) -> str:
+        """The text of `tokens`, control tokens written out (the inverse of `tokenize`)."""
+        return self.llm.detokenize(tokens, special=True).decode("utf-8", errors="ignore")
+
+    def digit_tokens(self, label: str = "Score:", digits: str = "12345") -> tuple[str, list[int]]:
+        """Find how this tokenizer writes a digit after `label`: either `label` + ` N` (one
+        token with the space) or `label ` + `N`. Returns (prompt suffix, one token id per digit)."""
+        for suffix, fmt in ((label, " {}"), (label + " ", "{}")):
+            base = self.llm.tokenize(suffix.encode(), add_bos=False, special=False)
+            ids = []
+            for d in digits:
+                full = self.llm.tokenize((suffix + fmt.format(d)).encode(), add_bos=False, special=False)
+                if full[: len(base)] == base and len(full) == len(base) + 1:
+                    ids.append(full[-1])
+            if len(ids) == len(digits):
+                return suffix, ids
+        raise ModelError(f"{self.gguf}: cannot find single tokens for the digits {digits} after {label!r}")
+
+    @property
+    def score_prefix(self) -> str:
+        return self._digits[0]
+
+
+class Engine(Prompting):
     def __init__(
         self,
         gguf: str | Path,
@@ -210,7 +268,6 @@ class Engine:
         parallel: int = 1,
     ):
         from llama_cpp import Llama
-        from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
         self.gguf = Path(gguf)
         check_gguf(self.gguf)
@@ -246,16 +303,7 @@ class Engine:
         self.n_ctx = n_ctx
         self.parallel = parallel
         self.last_finish_reason: str | None = None
-        meta = self.llm.metadata
-        template = chat_template or meta.get("tokenizer.chat_template") or CHATML
-        model = self.llm._model
-        eos, bos = self.llm.token_eos(), self.llm.token_bos()
-        self._fmt = Jinja2ChatFormatter(
-            template=template,
-            eos_token=model.token_get_text(eos) if eos != -1 else "",
-            bos_token=model.token_get_text(bos) if bos != -1 else "",
-        )
-        self._digits = self.digit_tokens()
+        self._init_prompting(chat_template)
 
     @classmethod
     def from_config(cls, gguf: str | Path, cfg: EngineConfig, adapter: str | Path | None = None,
@@ -270,23 +318,6 @@ class Engine:
     def _native(self, op: str):
         """Mark a call into llama.cpp, so that a crash inside it is reported with model and op."""
         return crashguard.operation(f"{op} on {self.name}")
-
-    # ------------------------------------------------------------------ text and tokens
-
-    def format(self, messages: list[dict[str, str]], assistant_prefix: str = "") -> str:
-        """Render chat messages with the model's template, opening the assistant turn."""
-        return self._fmt(messages=messages).prompt + assistant_prefix
-
-    def tokenize(self, text: str) -> list[int]:
-        # special=True so template markers become control tokens; untrusted text has had them
-        # stripped by prompts.sanitize(). add_bos=False: templates that want BOS include it.
-        return self.llm.tokenize(text.encode("utf-8"), add_bos=False, special=True)
-
-    def truncate(self, text: str, max_tokens: int) -> str:
-        toks = self.llm.tokenize(text.encode("utf-8"), add_bos=False, special=False)
-        if len(toks) <= max_tokens:
-            return text
-        return self.llm.detokenize(toks[:max_tokens]).decode("utf-8", errors="ignore")
 
     # ------------------------------------------------------------------ generation
 
@@ -446,24 +477,6 @@ class Engine:
         return text
 
     # ------------------------------------------------------------------ scoring
-
-    def digit_tokens(self, label: str = "Score:", digits: str = "12345") -> tuple[str, list[int]]:
-        """Find how this tokenizer writes a digit after `label`: either `label` + ` N` (one
-        token with the space) or `label ` + `N`. Returns (prompt suffix, one token id per digit)."""
-        for suffix, fmt in ((label, " {}"), (label + " ", "{}")):
-            base = self.llm.tokenize(suffix.encode(), add_bos=False, special=False)
-            ids = []
-            for d in digits:
-                full = self.llm.tokenize((suffix + fmt.format(d)).encode(), add_bos=False, special=False)
-                if full[: len(base)] == base and len(full) == len(base) + 1:
-                    ids.append(full[-1])
-            if len(ids) == len(digits):
-                return suffix, ids
-        raise ModelError(f"{self.gguf}: cannot find single tokens for the digits {digits} after {label!r}")
-
-    @property
-    def score_prefix(self) -> str:
-        return self._digits[0]
 
     def _eval_reusing_prefix(self, tokens: list[int]) -> None:
         """Evaluate `tokens`, keeping the KV cache of the longest prefix shared with the last

@@ -18,14 +18,17 @@ from dataclasses import dataclass
 from typing import Any
 
 from . import layout
-from .recipe import Recipe
+from .recipe import RayConfig, Recipe
 from .store import fingerprint as _hash
 
 STAGE_VERSION = 4  # bump when a stage's output format or algorithm changes
 
 # Kernel choices, not results: thread count does not change llama.cpp's numbers; extra buffers
 # (repacked layouts) change only float rounding, and users switch them off after a crash.
-ENGINE_SAME = ("engine.n_threads", "engine.extra_buffers")
+# Where the model runs (server address, key, retries, Ray) changes no number either; which backend
+# runs it does (a server batches and rounds its own way), so `engine.backend` reruns.
+ENGINE_SAME = ("engine.n_threads", "engine.extra_buffers", "engine.base_url", "engine.api_key_env",
+               "engine.served_model", "engine.timeout", "engine.retries", "engine.executor")
 # Both lists are spelled out: a new `data` field is in neither, so it reruns both stages (the seed
 # split costs milliseconds, and its unchanged output stops the chain) rather than neither.
 SEED_FIELDS = ("data.seed", "data.heldout", "data.max_seed")
@@ -33,6 +36,7 @@ CORPUS_FIELDS = tuple(f"data.{name}" for name in (
     "corpus", "min_chars", "max_chars", "max_segments", "text_field", "include", "exclude", "repetition",
     "headers", "boilerplate", "language", "dedup", "dedup_threshold"))
 SELECT_ONLY = ("curate.threshold", "curate.top_fraction", "curate.target_count", "curate.dedup", "curate.max_per_source")
+RAY = tuple(f"ray.{f.name}" for f in dataclasses.fields(RayConfig))  # where work runs, not what it gives
 # `name` labels a run; `rounds` decides which stages exist, which the inputs already capture.
 EVERYWHERE = ("run.name", "run.rounds")
 
@@ -72,7 +76,7 @@ GRAPH: tuple[Spec, ...] = (
     Spec("evaluate", ("evaluate", "engine", "run"),
          ("seed", "corpus", "augment", "score@all", "select@all", "train@all", "ablation@all", "file:model"),
          ignore=ENGINE_SAME + ("evaluate.enabled", "evaluate.ablation"), when=("evaluate.enabled",)),
-    Spec("export", ("*",), ("seed", "train@last", "select@all", "evaluate"), ignore=ENGINE_SAME),
+    Spec("export", ("*",), ("seed", "train@last", "select@all", "evaluate"), ignore=ENGINE_SAME + RAY),
 )
 SPECS = {s.kind: s for s in GRAPH}
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, fields
+from pathlib import Path
 from typing import Any, Self
 
 ROUND_KINDS = ("score", "select", "train")
@@ -66,6 +67,14 @@ def model_stage(model: str) -> str | None:
     if m := re.fullmatch(r"M(\d+)", model):
         return stage("train", int(m.group(1)))
     return ablation_stage(model) if model in ABLATIONS else None
+
+
+def served_name(adapter: str | Path) -> str:
+    """The name an inference server knows a run's adapter by: the model it makes.
+    <run>/round_01/train/adapter.gguf -> "M1", <run>/backward/adapter.gguf -> "backward"."""
+    folder = Path(adapter).parent
+    name = f"{folder.parent.name}/{folder.name}" if _ROUND.fullmatch(f"{folder.parent.name}/{folder.name}") else folder.name
+    return model_name(name) or name
 
 
 # ----------------------------------------------------------------------------- stage counts

@@ -17,9 +17,10 @@ import sys
 from pathlib import Path
 
 from . import augment, corpus, curate, graph, layout, prompts, train
+from .cluster import worker_engine_config
 from .engines import EngineFactory, factory
 from .models import fetch, get_card, home
-from .recipe import Recipe, dump_recipe
+from .recipe import RayConfig, Recipe, dump_recipe
 from .seed import load_seed, seed_digest
 from .store import Run, RunLock, fingerprint, read_jsonl, tree_digest, write_json, write_jsonl, write_text
 
@@ -53,8 +54,16 @@ class Loop:
     def engines(self) -> EngineFactory:
         """`adapter -> Engine` on the run's base model with the recipe's engine settings."""
         if self._engines is None:
-            self._engines = factory(self.gguf, self.recipe.engine, seed=self.recipe.seed)
+            cfg = self.recipe.engine
+            if cfg.executor == "ray":  # the same settings on every worker, with its own CPUs as threads
+                cfg = worker_engine_config(cfg, self.recipe.ray)
+            self._engines = factory(self.gguf, cfg, seed=self.recipe.seed)
         return self._engines
+
+    @property
+    def ray(self) -> RayConfig | None:
+        """The Ray cluster that augment and score run on, if the recipe asks for one."""
+        return self.recipe.ray if self.recipe.engine.executor == "ray" else None
 
     def _digest(self, name: str) -> str:
         """An input's identity: an outside file's content digest, or a stage's output digest."""
@@ -108,7 +117,7 @@ class Loop:
 
     def _stage_augment(self, p: graph.Planned, d: Path) -> dict:
         return augment.run(self._in("corpus", "segments.jsonl"), d / "pairs.jsonl", self.recipe.augment,
-                           self.engines, self._in("backward", "adapter.gguf"), self.recipe.seed)
+                           self.engines, self._in("backward", "adapter.gguf"), self.recipe.seed, ray=self.ray)
 
     def _train_rows(self, d: Path, meta: list[dict], label: str) -> dict:
         r = self.recipe
@@ -131,7 +140,8 @@ class Loop:
         counts = curate.run_score(pairs, d / "scored.jsonl", r.curate, self.engines,
                                   judge=self._in(layout.stage("train", rnd - 1), "adapter.gguf"),
                                   backward=self._in("backward", "adapter.gguf"), tags=r.tags,
-                                  checks=d / "checks.jsonl", seed=r.seed + rnd, label=f"score (M{rnd - 1}")
+                                  checks=d / "checks.jsonl", seed=r.seed + rnd, label=f"score (M{rnd - 1}",
+                                  ray=self.ray)
         if rnd > 1:
             prev = read_jsonl(self._in(layout.stage("score", rnd - 1), "scored.jsonl"))
             counts.agreement_with_prev_judge = curate.agreement(prev, read_jsonl(d / "scored.jsonl"))

@@ -94,10 +94,52 @@ class EngineConfig:
     at n_ctx 2048). Speed depends on it (README, "Throughput"); a run's texts depend only on it
     through llama.cpp's rounding, and a resumed run repeats the same batches."""
 
+    backend: Literal["llama.cpp", "openai"] = "llama.cpp"
+    """Who runs the model: llama.cpp in this process, or an OpenAI-compatible server at `base_url`
+    (llama-server, vLLM, Ollama, `python -m llama_cpp.server`; README, "Bigger than one machine")."""
+    base_url: str | None = None
+    """The server's OpenAI API root, e.g. http://127.0.0.1:8000/v1 (backend openai)."""
+    api_key_env: str | None = None
+    """Name of the environment variable that holds the server's API key (the key is never stored)."""
+    served_model: str | None = None
+    """The server's name for the base model (None = the first it lists). Adapters are asked for by
+    the name of the model they make: backward, M0, M1, ..., random, all (`humpback serve-config`)."""
+    top_logprobs: int = 20
+    """Next-token candidates asked of a server when a score digit is read (backend openai)."""
+    timeout: float = 600.0
+    """Seconds a server request may take before it is retried (backend openai)."""
+    retries: int = 6
+    """Retries, with exponential backoff, of a server request that timed out or got 429/5xx."""
+    executor: Literal["local", "ray"] = "local"
+    """Where augment and score run: in this process, or as Ray tasks over a cluster (the `ray`
+    section; needs the `[ray]` extra). Both write the same records."""
+
     def __post_init__(self) -> None:
         _check(self.n_ctx >= 256, "n_ctx", "must be >= 256")
         _check(self.parallel is None or 1 <= self.parallel <= 256, "parallel", "must be in 1..256 (or null: auto)")
         _check(self.n_batch >= 1, "n_batch", "must be >= 1")
+        _check(self.backend != "openai" or bool(self.base_url), "base_url",
+               "needed with engine.backend=openai (the server's API root, e.g. http://127.0.0.1:8000/v1)")
+        _check(self.top_logprobs >= 1, "top_logprobs", "must be >= 1")
+        _check(self.timeout > 0, "timeout", "must be > 0")
+        _check(self.retries >= 0, "retries", "must be >= 0")
+
+
+@dataclass
+class RayConfig:
+    address: str | None = None
+    """Ray cluster to join (`auto`, `ray://host:10001`); None = start one on this machine."""
+    workers: int = 2
+    """Engines working at once, one per Ray actor; each holds a model (or a server connection)."""
+    cpus_per_worker: int = 1
+    """CPUs each worker reserves; its llama.cpp threads (unless engine.n_threads says otherwise)."""
+    gpus_per_worker: float = 0.0
+    """GPUs each worker reserves (fractions share one GPU)."""
+
+    def __post_init__(self) -> None:
+        _check(self.workers >= 1, "workers", "must be >= 1")
+        _check(self.cpus_per_worker >= 1, "cpus_per_worker", "must be >= 1")
+        _check(self.gpus_per_worker >= 0, "gpus_per_worker", "must be >= 0")
 
 
 @dataclass
@@ -282,6 +324,8 @@ class Recipe:
     """Training settings for the backward model; None = the same as `train`."""
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
+    ray: RayConfig = field(default_factory=RayConfig)
+    """The Ray cluster used with engine.executor=ray."""
 
     def __post_init__(self) -> None:
         _check(self.rounds >= 1, "rounds", "must be >= 1")

@@ -72,6 +72,11 @@ class Scorer:
             self._backward_ref[key] = self._mean_logprob(e, e.format(prompts.backward_messages("")), target)
         return {"backward_lp": round(lp, 4), "backward": round(lp - self._backward_ref[key], 4)}
 
+    def close(self) -> None:
+        self.judge.close()
+        if self.backward_engine is not None:
+            self.backward_engine.close()
+
     def signals(self, instruction: str, answer: str, wanted: Sequence[str], rubric) -> dict[str, float]:
         """Every signal in `wanted`; `rubric(instruction, answer)` returns the rubric record."""
         out: dict = {}

@@ -207,14 +207,16 @@ def resume_jsonl(path: str | Path, items: Iterable[Any], key: Callable[[Any], An
 
 
 def resume_jsonl_windows(path: str | Path, items: Iterable[Any], key: Callable[[Any], Any],
-                         work: Callable[[list[Any], Callable[[Any, dict | None], None]], None], window: int,
+                         work: Callable[[list[Any], Callable[[Any, dict | None], None]], None] | None, window: int,
                          on_item: Callable[[], None] | None = None,
-                         record_key: Callable[[dict], Any] | None = None) -> tuple[int, int]:
+                         record_key: Callable[[dict], Any] | None = None, pool: Any = None) -> tuple[int, int]:
     """`resume_jsonl` for batched work: `work(chunk, emit)` handles `window` consecutive items at
     once and calls `emit(item, record)` as each finishes, in any order; each record is appended
     (fsynced) when emitted. A window with a record missing is worked whole again and only its
     missing records are written: batched kernels may round differently with the batch's shape, so
     a resumed run must repeat the uninterrupted run's batches to write the same bytes.
+    With `pool` (cluster.RayPool), the windows to work are handed to `pool.map`, which yields each
+    window's (item, record) list in window order, and `work` is not called.
     Returns (records already there, records written now)."""
     match = record_key or key
     items = list(items)
@@ -233,14 +235,20 @@ def resume_jsonl_windows(path: str | Path, items: Iterable[Any], key: Callable[[
             if on_item:
                 on_item()
 
+        pending = []
         for start in range(0, len(items), window):
             chunk = items[start: start + window]
             missing = sum(1 for it in chunk if key(it) not in done)
             for _ in range(len(chunk) - missing):
                 if on_item:
                     on_item()
-            if missing:
-                work(chunk, emit)
+            if missing and pool is None:
+                work(chunk, emit)  # type: ignore[misc]  (no pool: work is given)
+            elif missing:
+                pending.append(chunk)
+        for results in pool.map(pending) if pending else ():
+            for item, rec in results:
+                emit(item, rec)
     return before, new
 
 

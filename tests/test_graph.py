@@ -44,7 +44,7 @@ def _configs(recipe: Recipe) -> dict[str, dict]:
 def test_every_recipe_field_reruns_some_stage_unless_declared_inert():
     base = Recipe()
     before = _configs(base)
-    inert = set(graph.EVERYWHERE) | set(graph.ENGINE_SAME)
+    inert = set(graph.EVERYWHERE) | set(graph.ENGINE_SAME) | set(graph.RAY)
     structural = {w for s in graph.GRAPH for w in s.when} | {"run.rounds"}
     for key, _, _ in _leaves(base):
         changed = copy.deepcopy(base)

@@ -1,0 +1,253 @@
+"""The engine on an OpenAI-compatible server: llama-server, vLLM, Ollama's /v1, `python -m llama_cpp.server`.
+
+Same interface as `engine.Engine`, so every stage runs on either. What stays as it is locally:
+- prompts are rendered here, with the model's own chat template and tokenizer read from the local
+  GGUF (a vocab-only load), and sent as raw completions: a remote judge reads byte for byte the
+  prompt a local one would. The server's tokenizer is checked against ours once, where it has a
+  tokenize endpoint;
+- scores come from the server's next-token log-probabilities (`top_logprobs` candidates), digits
+  with and without a leading space merged, the covered probability mass recorded;
+- held-out NLL and the likelihood signals come from prompt log-probabilities (`echo` with
+  `logprobs`), which vLLM and llama_cpp.server return and llama-server does not (a clear error);
+- an adapter is asked for by the name of the model it makes (`backward`, `M0`, `M1`, ...): the
+  server serves the run's adapters under those names (`humpback serve-config` writes the
+  llama_cpp.server config; vLLM takes them as `--lora-modules`);
+- each item's seed travels with its request, sampling is plain top-p + temperature (the server's
+  extra samplers switched off), and up to `parallel` requests are in flight.
+
+The openai client does the HTTP part: retries with exponential backoff on 429, 5xx, timeouts and
+dropped connections, and timeouts, which is why it is used rather than a hand-rolled client.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from .engine import DigitScore, Prompting
+from .models import ContextError, ModelError, quiet_stderr
+
+if TYPE_CHECKING:
+    from .recipe import EngineConfig
+
+# Samplers llama.cpp-based servers apply by default (top-k 40, min-p 0.05, repeat penalty 1.1):
+# off, so that a server samples as the local engine does. Servers ignore fields they do not know.
+PLAIN_SAMPLING = {"top_k": 0, "min_p": 0.0, "repeat_penalty": 1.0, "typical_p": 1.0}
+DEFAULT_PARALLEL = 8  # requests in flight when engine.parallel is unset
+
+
+def _openai():
+    try:
+        import openai
+    except ImportError:
+        raise ModelError("engine.backend=openai needs the openai package: pip install 'humpback-lite[remote]'") from None
+    return openai
+
+
+class RemoteEngine(Prompting):
+    threadsafe = True  # stages may call it from several threads: each call is one HTTP request
+
+    def __init__(self, gguf: str | Path, cfg: EngineConfig, model: str | None = None, parallel: int | None = None,
+                 label: str | None = None):
+        from llama_cpp import Llama
+
+        openai = _openai()
+        self.gguf = Path(gguf)
+        with quiet_stderr():
+            self.llm = Llama(model_path=str(self.gguf), vocab_only=True, verbose=False)
+        self._init_prompting(None)
+        key = os.environ.get(cfg.api_key_env, "") if cfg.api_key_env else ""
+        if cfg.api_key_env and not key:
+            raise ModelError(f"engine.api_key_env names {cfg.api_key_env}, which is not set in the environment")
+        self.base_url = (cfg.base_url or "").rstrip("/")
+        self.client = openai.OpenAI(base_url=self.base_url, api_key=key or "none", timeout=cfg.timeout,
+                                    max_retries=cfg.retries)
+        self._errors = (openai.APIError, openai.APIConnectionError)
+        self.n_ctx = cfg.n_ctx
+        self.parallel = parallel or cfg.parallel or DEFAULT_PARALLEL
+        self.top_logprobs = cfg.top_logprobs
+        self.adapter = None
+        self.last_finish_reason: str | None = None
+        self.model = self._served(model or cfg.served_model, fallback=model is None)
+        self.name = f"{self.model} at {self.base_url}" + (f" ({label})" if label else "")
+
+    # ------------------------------------------------------------------ the server
+
+    def _served(self, model: str | None, fallback: bool) -> str:
+        """`model` if the server lists it; with no name asked for, the first it lists."""
+        try:
+            served = [m.id for m in self.client.models.list()]
+        except self._errors as e:
+            raise ModelError(f"cannot reach the inference server at {self.base_url}: {e}") from None
+        if model is None and fallback and served:
+            return served[0]
+        if model not in served:
+            # llama_cpp.server answers an unknown name with its default model: refuse here instead
+            raise ModelError(f"the server at {self.base_url} does not serve {model!r} (it serves: "
+                             f"{', '.join(served) or 'nothing'}); start it with the run's adapters under "
+                             "their model names (`humpback serve-config`, README \"Bigger than one machine\")")
+        return model
+
+    def _complete(self, prompt: str, **kw: Any):
+        try:
+            r = self.client.completions.create(model=self.model, prompt=prompt, extra_body=PLAIN_SAMPLING, **kw)
+        except self._errors as e:
+            raise ModelError(f"the inference server at {self.base_url} failed on {self.model}: {e}") from None
+        if not r.choices:
+            raise ModelError(f"the inference server at {self.base_url} returned no completion for {self.model}")
+        return r.choices[0]
+
+    def check_tokenizer(self) -> bool | None:
+        """Compare the server's tokens for a rendered prompt with ours: True if they agree, None
+        if the server has no tokenize endpoint; a mismatch is an error (prompts would differ)."""
+        import json
+        import urllib.request
+
+        probe = self.format([{"role": "user", "content": "Tokenizer check: café, 12345 and <b>tags</b>."}])
+        root = self.base_url.removesuffix("/v1")
+        for path, body in (("/extras/tokenize", {"input": probe, "model": self.model}),  # llama_cpp.server
+                           ("/tokenize", {"content": probe, "model": self.model, "prompt": probe})):  # llama-server, vLLM
+            req = urllib.request.Request(root + path, json.dumps(body).encode(), {"Content-Type": "application/json"})
+            try:
+                with urllib.request.urlopen(req, timeout=30) as resp:
+                    got = json.load(resp).get("tokens")
+            except (OSError, ValueError):
+                continue
+            if not isinstance(got, list):
+                continue
+            ours = self.tokenize(probe)
+            bos = self.llm.token_bos()
+            if got != ours and got[1:] != ours and not (got[:1] == [bos] and got[1:] == ours[1:]):
+                raise ModelError(f"the server at {self.base_url} tokenizes differently from {self.gguf.name} "
+                                 f"({got[:12]}... vs {ours[:12]}...): it serves another model or tokenizer")
+            return True
+        return None
+
+    # ------------------------------------------------------------------ generation
+
+    def _check_fits(self, tokens: list[int], new: int) -> None:
+        if len(tokens) + new > self.n_ctx:
+            raise ContextError(f"a prompt of {len(tokens)} tokens + {new} new tokens does not fit the context of "
+                               f"{self.n_ctx} tokens ({self.name}); raise engine.n_ctx or shorten the input")
+
+    def generate(self, prompt: str, max_tokens: int = 64, temperature: float = 0.7, top_p: float = 0.9,
+                 seed: int = 0, stop: Sequence[str] = ()) -> str:
+        out: list[tuple[str, str]] = []
+        self.generate_many([prompt], max_tokens, temperature, top_p, [seed], stop,
+                           on_done=lambda i, text, why: out.append((text, why)))
+        self.last_finish_reason = out[0][1]
+        return out[0][0]
+
+    def generate_many(self, prompts: Sequence[str], max_tokens: int = 64, temperature: float = 0.7,
+                      top_p: float = 0.9, seeds: Sequence[int] | None = None, stop: Sequence[str] = (),
+                      on_done: Callable[[int, str, str], None] | None = None) -> list[str]:
+        """Every prompt's continuation, `parallel` requests in flight, each with its own seed;
+        `on_done(index, text, finish_reason)` as each comes back (in this thread)."""
+        for i, p in enumerate(prompts):
+            toks = self.tokenize(p)
+            if not toks:
+                raise ModelError(f"prompt {i} is empty: nothing to continue ({self.name})")
+            self._check_fits(toks, max_tokens)
+        seeds = list(seeds) if seeds is not None else [0] * len(prompts)
+
+        def one(i: int) -> tuple[int, str, str]:
+            c = self._complete(prompts[i], max_tokens=max_tokens, temperature=temperature, top_p=top_p,
+                               seed=seeds[i], stop=list(stop) or None)
+            text = c.text or ""
+            for s in stop:  # servers differ on whether the stop string is kept
+                text = text.split(s, 1)[0]
+            return i, text, "length" if c.finish_reason == "length" else "stop"
+
+        results = [""] * len(prompts)
+        with ThreadPoolExecutor(max_workers=min(self.parallel, max(1, len(prompts)))) as pool:
+            for fut in as_completed([pool.submit(one, i) for i in range(len(prompts))]):
+                i, text, why = fut.result()
+                results[i] = text
+                if on_done:
+                    on_done(i, text, why)
+        return results
+
+    # ------------------------------------------------------------------ scoring
+
+    def _next_token_probs(self, prompt: str, wanted: Sequence[str]) -> tuple[list[float], float]:
+        """P(next token is each of `wanted`) from the server's top log-probabilities; a candidate
+        counts for a wanted string whatever whitespace surrounds it. Also the summed mass."""
+        self._check_fits(self.tokenize(prompt), 1)
+        c = self._complete(prompt, max_tokens=1, temperature=0.0, logprobs=self.top_logprobs)
+        top = (c.logprobs.top_logprobs or [None])[0] if c.logprobs else None
+        if not top:
+            raise ModelError(f"the server at {self.base_url} returned no log-probabilities; scoring needs "
+                             "`logprobs` in completions (llama_cpp.server, vLLM and llama-server give them)")
+        p = [0.0] * len(wanted)
+        for tok, lp in top.items():
+            if tok.strip() in wanted:
+                p[wanted.index(tok.strip())] += math.exp(lp)
+        if sum(p) == 0:
+            raise ModelError(f"none of {list(wanted)} is among the server's {len(top)} most likely next tokens "
+                             f"({list(top)[:6]}...): raise engine.top_logprobs or use a likelihood curate.mode")
+        return p, sum(p)
+
+    def digit_score(self, prompt: str) -> DigitScore:
+        digits = [self.detokenize([t]).strip() for t in self._digits[1]]
+        p, mass = self._next_token_probs(prompt, digits)
+        return DigitScore(probs=[x / mass for x in p], mass=mass)
+
+    def choice_probs(self, prompt: str, ids: list[int]) -> list[float]:
+        p, mass = self._next_token_probs(prompt, [self.detokenize([t]).strip() for t in ids])
+        return [x / mass for x in p]
+
+    def token_logprobs(self, context: list[int], target: list[int]) -> np.ndarray:
+        """log P(target[i] | context + target[:i]) from the server's prompt log-probabilities."""
+        self._check_fits(context + target, 1)
+        text = self.detokenize(context + target)
+        # The server tokenizes text: take the target's tokens as it will see them (a token cut at
+        # the boundary can merge differently once written out).
+        full = self.tokenize(text)
+        n = len(full) - len(context)
+        c = self._complete(text, max_tokens=1, temperature=0.0, logprobs=0, echo=True)
+        lps = list(c.logprobs.token_logprobs or []) if c.logprobs else []
+        pieces = list(c.logprobs.tokens or []) if c.logprobs else []
+        # The entries end with the generated token, unless generation stopped at an end-of-turn
+        # token, which servers leave out (finish_reason "stop"); the `n` before it are the target's.
+        end = len(lps) - (c.finish_reason == "length")
+        got, seen = lps[max(0, end - n):end], "".join(pieces[max(0, end - n):end])
+        if n > 0 and (len(got) < n or any(v is None for v in got)):
+            raise ModelError(f"the server at {self.base_url} returns no prompt log-probabilities (`echo` with "
+                             "`logprobs`): held-out NLL and the pmi/ifd/backward signals need them. vLLM and "
+                             "llama_cpp.server give them, llama-server does not; there, use curate.mode=expected "
+                             "and evaluate.enabled=false")
+        want = self.llm.detokenize(full[len(context):]).decode("utf-8", errors="ignore")
+        if want.isascii() and seen != want:
+            raise ModelError(f"the server at {self.base_url} returned prompt log-probabilities that do not line up "
+                             f"with the target text ({seen[:40]!r} vs {want[:40]!r})")
+        return np.array(got, dtype=np.float64)
+
+    def close(self) -> None:
+        self.client.close()
+        self.llm.close()
+
+
+def llama_cpp_server_config(recipe: Any, run_dir: str | Path, base_gguf: str | Path, host: str = "127.0.0.1",
+                            port: int = 8000) -> dict[str, Any]:
+    """A `python -m llama_cpp.server --config_file` config that serves a run: the base model as
+    `base` and every adapter the run will train under its model name (backward, M0, M1, ...).
+    The server loads a model when first asked for it, so this is written before the run starts;
+    the paths are those the server sees (a shared folder, or the same machine)."""
+    from . import graph, layout
+    from .engine import physical_cores
+
+    run_dir = Path(run_dir).resolve()
+    common = {"model": str(Path(base_gguf).resolve()), "n_ctx": recipe.engine.n_ctx, "verbose": False,
+              "n_threads": recipe.engine.n_threads or physical_cores()}
+    models = [{**common, "model_alias": "base"}]
+    stages = ["backward"] + [p.name for p in graph.plan(recipe) if layout.model_name(p.name)]
+    for stage in stages:
+        adapter = run_dir / stage / "adapter.gguf"
+        models.append({**common, "model_alias": layout.served_name(adapter), "lora_path": str(adapter)})
+    return {"host": host, "port": port, "models": models}
