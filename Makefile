@@ -11,6 +11,7 @@ bench:
 	python benchmarks/bench_score.py
 	python benchmarks/bench_segment.py
 	python benchmarks/bench_extra_buffers.py
+	python benchmarks/bench_remote.py
 	python benchmarks/bench_eval.py $(if $(wildcard runs/quickstart/export/model.gguf),--run runs/quickstart)
 quickstart:
 	humpback run recipes/quickstart.yaml

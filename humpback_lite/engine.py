@@ -228,11 +228,24 @@ class Prompting:
         toks = self.llm.tokenize(text.encode("utf-8"), add_bos=False, special=False)
         if len(toks) <= max_tokens:
             return text
-        return self.llm.detokenize(toks[:max_tokens]).decode("utf-8", errors="ignore")
+        return self.detokenize(toks[:max_tokens], special=False)
 
-    def detokenize(self, tokens: list[int]) -> str:
-        """The text of `tokens`, control tokens written out (the inverse of `tokenize`)."""
-        return self.llm.detokenize(tokens, special=True).decode("utf-8", errors="ignore")
+    def detokenize(self, tokens: list[int], special: bool = True) -> str:
+        """The text of `tokens` (with `special`, control tokens written out: the inverse of `tokenize`)."""
+        return b"".join(self._piece(t, special) for t in tokens).decode("utf-8", errors="ignore")
+
+    def _piece(self, token: int, special: bool) -> bytes:
+        # Our own token_to_piece call: llama-cpp-python's detokenize gives each token a 32-byte
+        # buffer and drops longer pieces (SmolLM2 has 35-dash tokens, common in docs tables).
+        import llama_cpp
+
+        vocab = self.llm._model.vocab
+        buf = ctypes.create_string_buffer(64)
+        n = llama_cpp.llama_token_to_piece(vocab, token, buf, len(buf), 0, special)
+        if n < 0:
+            buf = ctypes.create_string_buffer(-n)
+            n = llama_cpp.llama_token_to_piece(vocab, token, buf, len(buf), 0, special)
+        return buf.raw[:n]
 
     def digit_tokens(self, label: str = "Score:", digits: str = "12345") -> tuple[str, list[int]]:
         """Find how this tokenizer writes a digit after `label`: either `label` + ` N` (one
@@ -471,7 +484,7 @@ class Engine(Prompting):
         return "length" if len(s.generated) >= max_tokens else None
 
     def _text(self, generated: list[int], stop: Sequence[str]) -> str:
-        text = self.llm.detokenize(generated).decode("utf-8", errors="ignore")
+        text = self.detokenize(generated, special=False)
         for x in stop:
             text = text.split(x, 1)[0]
         return text

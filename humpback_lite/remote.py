@@ -148,7 +148,7 @@ class RemoteEngine(Prompting):
                       top_p: float = 0.9, seeds: Sequence[int] | None = None, stop: Sequence[str] = (),
                       on_done: Callable[[int, str, str], None] | None = None) -> list[str]:
         """Every prompt's continuation, `parallel` requests in flight, each with its own seed;
-        `on_done(index, text, finish_reason)` as each comes back (in this thread)."""
+        `on_done(index, text, finish_reason)` in prompt order as they come back (in this thread)."""
         for i, p in enumerate(prompts):
             toks = self.tokenize(p)
             if not toks:
@@ -164,13 +164,20 @@ class RemoteEngine(Prompting):
                 text = text.split(s, 1)[0]
             return i, text, "length" if c.finish_reason == "length" else "stop"
 
-        results = [""] * len(prompts)
+        results: list[str] = [""] * len(prompts)
+        finished: dict[int, tuple[str, str]] = {}
+        reported = 0
         with ThreadPoolExecutor(max_workers=min(self.parallel, max(1, len(prompts)))) as pool:
             for fut in as_completed([pool.submit(one, i) for i in range(len(prompts))]):
                 i, text, why = fut.result()
                 results[i] = text
-                if on_done:
-                    on_done(i, text, why)
+                finished[i] = (text, why)
+                # reported in prompt order, whatever order the server answers in: the records a
+                # stage appends then come out in the same order on every run
+                while reported in finished:
+                    if on_done:
+                        on_done(reported, *finished.pop(reported))
+                    reported += 1
         return results
 
     # ------------------------------------------------------------------ scoring
@@ -194,12 +201,12 @@ class RemoteEngine(Prompting):
         return p, sum(p)
 
     def digit_score(self, prompt: str) -> DigitScore:
-        digits = [self.detokenize([t]).strip() for t in self._digits[1]]
+        digits = [self.detokenize([t], special=False).strip() for t in self._digits[1]]
         p, mass = self._next_token_probs(prompt, digits)
         return DigitScore(probs=[x / mass for x in p], mass=mass)
 
     def choice_probs(self, prompt: str, ids: list[int]) -> list[float]:
-        p, mass = self._next_token_probs(prompt, [self.detokenize([t]).strip() for t in ids])
+        p, mass = self._next_token_probs(prompt, [self.detokenize([t], special=False).strip() for t in ids])
         return [x / mass for x in p]
 
     def token_logprobs(self, context: list[int], target: list[int]) -> np.ndarray:
@@ -216,16 +223,18 @@ class RemoteEngine(Prompting):
         # The entries end with the generated token, unless generation stopped at an end-of-turn
         # token, which servers leave out (finish_reason "stop"); the `n` before it are the target's.
         end = len(lps) - (c.finish_reason == "length")
-        got, seen = lps[max(0, end - n):end], "".join(pieces[max(0, end - n):end])
+        got, seen = lps[max(0, end - n):end], pieces[max(0, end - n):end]
         if n > 0 and (len(got) < n or any(v is None for v in got)):
             raise ModelError(f"the server at {self.base_url} returns no prompt log-probabilities (`echo` with "
                              "`logprobs`): held-out NLL and the pmi/ifd/backward signals need them. vLLM and "
                              "llama_cpp.server give them, llama-server does not; there, use curate.mode=expected "
                              "and evaluate.enabled=false")
-        want = self.llm.detokenize(full[len(context):]).decode("utf-8", errors="ignore")
-        if want.isascii() and seen != want:
+        # Do the entries line up with the target's tokens? Compared piece by piece where both are
+        # plain ASCII (llama_cpp.server writes pieces over 32 bytes as "", split UTF-8 differs).
+        ours = [self._piece(t, False).decode("utf-8", errors="ignore") for t in full[len(context):]]
+        if any(a and b.isascii() and a != b for a, b in zip(seen, ours, strict=False)):
             raise ModelError(f"the server at {self.base_url} returned prompt log-probabilities that do not line up "
-                             f"with the target text ({seen[:40]!r} vs {want[:40]!r})")
+                             f"with the target's tokens ({''.join(seen)[:40]!r} vs {''.join(ours)[:40]!r})")
         return np.array(got, dtype=np.float64)
 
     def close(self) -> None:

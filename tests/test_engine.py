@@ -63,3 +63,11 @@ def test_llama_cpp_and_training_render_the_same_chat_text(engine, hf_weights):
     assert engine.format(messages) == tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
     turn = [*messages, {"role": "assistant", "content": "An ordered sequence."}]
     assert engine.format(turn, assistant_prefix="").startswith(tok.apply_chat_template(turn, tokenize=False))
+
+
+def test_detokenize_keeps_pieces_longer_than_32_bytes(engine):
+    # llama-cpp-python's own detokenize drops them (a fixed 32-byte buffer per token)
+    text = "+" + "-" * 35 + "+---------+\n| x |"
+    tokens = engine.tokenize(text)
+    assert engine.detokenize(tokens) == text
+    assert engine.truncate(text * 3, len(tokens)) == text

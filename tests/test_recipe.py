@@ -57,3 +57,15 @@ def test_extra_buffers_accepts_yaml_on_off_and_names_a_bad_value():
     assert from_dict({}, ["engine.extra_buffers=on"]).engine.extra_buffers == "on"
     with pytest.raises(RecipeError, match=r"engine\.extra_buffers: expected one of 'auto', 'on', 'off'"):
         from_dict({}, ["engine.extra_buffers=sometimes"])
+
+
+def test_remote_backend_and_ray_settings_are_checked_by_name():
+    with pytest.raises(RecipeError, match=r"engine\.base_url: needed with engine\.backend=openai"):
+        from_dict({}, ["engine.backend=openai"])
+    with pytest.raises(RecipeError, match=r"engine\.executor: expected one of 'local', 'ray'"):
+        from_dict({}, ["engine.executor=spark"])
+    with pytest.raises(RecipeError, match=r"ray\.workers: must be >= 1"):
+        from_dict({}, ["ray.workers=0"])
+    r = from_dict({}, ["engine.backend=openai", "engine.base_url=http://h:8000/v1", "engine.api_key_env=MY_KEY",
+                       "engine.executor=ray", "ray.address=auto"])
+    assert (r.engine.base_url, r.engine.api_key_env, r.ray.address) == ("http://h:8000/v1", "MY_KEY", "auto")

@@ -1,0 +1,159 @@
+"""engine.backend=openai against a real OpenAI-compatible server: `python -m llama_cpp.server`
+started here on the embedded model and the run's adapters (`humpback serve-config`), compared
+with the in-process engine on the same inputs."""
+
+import json
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from conftest import TINY
+
+from humpback_lite import augment, curate, engines
+from humpback_lite.cli import main
+from humpback_lite.engine import Engine
+from humpback_lite.layout import served_name
+from humpback_lite.models import ModelError, runtime_gguf
+from humpback_lite.recipe import EngineConfig, load_recipe
+from humpback_lite.remote import llama_cpp_server_config
+from humpback_lite.signals import Scorer
+from humpback_lite.store import read_jsonl
+
+# Short answers and one held-out pair: llama_cpp.server computes prompt log-probabilities at
+# ~38 ms per token (it sorts the vocabulary in Python for every echoed token).
+RUN = ["rounds=1", "data.min_chars=250", "data.max_chars=400", "curate.signals=[rubric,pmi]", "curate.checks=0",
+       "evaluate.limit=1", "evaluate.ablation=false", "evaluate.max_new_tokens=8"]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(hb_home, model_gguf, tmp_path_factory):
+    """llama_cpp.server serving the base model and every adapter of the run below (loaded lazily)."""
+    run_dir = tmp_path_factory.mktemp("remote") / "run"
+    port = _free_port()
+    recipe = load_recipe(TINY, RUN)
+    cfg = llama_cpp_server_config(recipe, run_dir, runtime_gguf(model_gguf, recipe.engine.runtime_type), port=port)
+    cfg_file = run_dir.parent / "server.json"
+    cfg_file.write_text(json.dumps(cfg))
+    log = open(run_dir.parent / "server.log", "w")
+    proc = subprocess.Popen([sys.executable, "-m", "llama_cpp.server", "--config_file", str(cfg_file)],
+                            stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}/v1"
+    for _ in range(120):
+        try:
+            urllib.request.urlopen(url + "/models", timeout=2)
+            break
+        except OSError:
+            assert proc.poll() is None, (run_dir.parent / "server.log").read_text()
+            time.sleep(0.5)
+    yield url, run_dir
+    proc.terminate()
+    proc.wait(timeout=30)
+    log.close()
+
+
+@pytest.fixture(scope="module")
+def remote_run(server, hf_weights):
+    url, run_dir = server
+    result = CliRunner().invoke(main, ["run", str(TINY), "--out", str(run_dir), *RUN,
+                                       "engine.backend=openai", f"engine.base_url={url}"])
+    assert result.exit_code == 0, result.output
+    return run_dir
+
+
+def _remote(url, adapter=None, n_ctx=1024):
+    return engines.make("smollm2-135m", EngineConfig(backend="openai", base_url=url, n_ctx=n_ctx), adapter=adapter)
+
+
+def test_run_through_an_openai_server_finishes_every_stage(remote_run):
+    manifest = json.loads((remote_run / "manifest.json").read_text())
+    assert all(s["status"] == "done" for s in manifest["stages"].values())
+    assert manifest["stages"]["evaluate"]["counts"]["nll"]["M1"] > 0
+    assert read_jsonl(remote_run / "export" / "dataset.jsonl")
+
+
+def test_server_writes_the_pairs_the_in_process_engine_writes(remote_run, model_gguf, tmp_path):
+    """Same prompt bytes, same per-item seed, same sampler: the same instructions, byte for byte
+    (against the one-sequence engine, which the server's single-sequence decode matches)."""
+    recipe = load_recipe(TINY, RUN)
+    segments = read_jsonl(remote_run / "corpus" / "segments.jsonl")
+    local = Engine.from_config(model_gguf, EngineConfig(n_ctx=1024, parallel=1),
+                               adapter=remote_run / "backward" / "adapter.gguf")
+    try:
+        augment.augment(local, segments, tmp_path / "pairs.jsonl", recipe.augment, seed=recipe.seed)
+    finally:
+        local.close()
+    assert (tmp_path / "pairs.jsonl").read_bytes() == (remote_run / "augment" / "pairs.jsonl").read_bytes()
+
+
+def test_server_scores_agree_with_the_in_process_judge(remote_run, model_gguf, tmp_path):
+    """Rubric digits from the server's top log-probabilities and PMI from its prompt
+    log-probabilities, against llama.cpp in process on the same judge (M0)."""
+    recipe = load_recipe(TINY, RUN)
+    pairs = read_jsonl(remote_run / "augment" / "pairs.jsonl")
+    judge = Engine.from_config(model_gguf, EngineConfig(n_ctx=1024, parallel=1),
+                               adapter=remote_run / "round_00" / "train" / "adapter.gguf")
+    try:
+        curate.score_pairs(Scorer(judge), pairs, tmp_path / "scored.jsonl", recipe.curate)
+    finally:
+        judge.close()
+    local = {r["id"]: r for r in read_jsonl(tmp_path / "scored.jsonl")}
+    remote = read_jsonl(remote_run / "round_01" / "score" / "scored.jsonl")
+    assert len(remote) == len(local)
+    for r in remote:
+        if r.get("skipped"):
+            continue
+        for name in ("rubric", "pmi", "cond", "uncond"):
+            assert abs(r["signals"][name] - local[r["id"]]["signals"][name]) <= 2e-3, (r["id"], name)
+        assert r["digit_mass"] == pytest.approx(local[r["id"]]["digit_mass"], abs=2e-3)
+
+
+def test_remote_engine_checks_the_servers_tokenizer_and_model_names(remote_run, server):
+    url, _ = server
+    e = _remote(url, remote_run / "backward" / "adapter.gguf")
+    try:
+        assert e.model == "backward"
+        assert e.check_tokenizer() is True
+        with pytest.raises(ModelError, match="does not serve 'M7'"):
+            _remote(url, remote_run / "round_07" / "train" / "adapter.gguf")
+    finally:
+        e.close()
+
+
+def test_remote_engine_says_which_server_it_cannot_reach(model_gguf):
+    cfg = EngineConfig(backend="openai", base_url=f"http://127.0.0.1:{_free_port()}/v1", retries=0, timeout=5)
+    with pytest.raises(ModelError, match="cannot reach the inference server at http://127.0.0.1"):
+        engines.make("smollm2-135m", cfg)
+
+
+def test_a_server_context_overflow_is_refused_before_sending(remote_run, server):
+    url, _ = server
+    e = _remote(url, n_ctx=256)
+    try:
+        with pytest.raises(ModelError, match="does not fit the context of 256"):
+            e.generate(e.format([{"role": "user", "content": "word " * 400}]), max_tokens=8)
+    finally:
+        e.close()
+
+
+def test_serve_config_names_every_adapter_the_run_will_train(hb_home, model_gguf, tmp_path):
+    result = CliRunner().invoke(main, ["serve-config", str(TINY), "--out", str(tmp_path / "r"), "--port", "8123"])
+    assert result.exit_code == 0, result.output
+    cfg = json.loads(result.output)
+    assert cfg["port"] == 8123
+    aliases = {m["model_alias"]: m.get("lora_path") for m in cfg["models"]}
+    assert set(aliases) == {"base", "backward", "M0", "M1", "M2", "random", "all"}
+    assert aliases["base"] is None
+    assert aliases["M1"] == str((tmp_path / "r" / "round_01" / "train" / "adapter.gguf").resolve())
+    assert served_name(Path(aliases["M1"])) == "M1"
+    assert served_name(tmp_path / "r" / "backward" / "adapter.gguf") == "backward"
