@@ -1,8 +1,9 @@
 """The one engine factory: every stage, command and evaluation gets its engine here.
 
 `make` resolves a model (card name, card YAML or .gguf path) to its cached GGUF and applies the
-recipe's engine settings (runtime tensor type, context, threads, extra buffers). Other inference
-backends plug in here; stages only ever see a factory `adapter -> Engine`.
+recipe's engine settings: llama.cpp in this process (`engine.Engine`: runtime tensor type, context,
+threads, extra buffers, parallel sequences) or an OpenAI-compatible server (`remote.RemoteEngine`,
+engine.backend=openai). Stages only ever see a factory `adapter -> Engine` (`Engines`).
 """
 
 from __future__ import annotations
