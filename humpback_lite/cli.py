@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from . import __version__
+
+if TYPE_CHECKING:
+    from .recipe import EngineConfig
 
 
 def _errors() -> tuple[type[BaseException], ...]:
@@ -46,18 +51,34 @@ def main() -> None:
 
 
 def engine_options(f):
-    """The engine settings a single-stage command takes (the rest are the recipe's defaults)."""
-    f = click.option("--extra-buffers", type=click.Choice(["auto", "on", "off"]), default="auto", show_default=True,
-                     help="llama.cpp's extra CPU weight layouts; auto = off on CPUs with AMX (a known crash).")(f)
-    return click.option("--n-ctx", default=2048, show_default=True)(f)
+    """The engine settings a single-stage command takes, handed to it as `engine_cfg` (an
+    EngineConfig; the rest are the recipe's defaults)."""
+    @functools.wraps(f)
+    def wrapper(*args, n_ctx: int, extra_buffers: str, base_url: str | None, api_key_env: str | None, **kw):
+        from .recipe import EngineConfig
+
+        remote = {"backend": "openai", "base_url": base_url, "api_key_env": api_key_env} if base_url else {}
+        return f(*args, engine_cfg=EngineConfig(n_ctx=n_ctx, extra_buffers=extra_buffers, **remote), **kw)
+
+    for opt in (
+        click.option("--api-key-env", help="Environment variable holding the server's API key (with --base-url)."),
+        click.option("--base-url", help="An OpenAI-compatible server's API root (llama-server, vLLM, "
+                     "llama_cpp.server) instead of llama.cpp here; adapters are asked for by model name."),
+        click.option("--extra-buffers", type=click.Choice(["auto", "on", "off"]), default="auto", show_default=True,
+                     help="llama.cpp's extra CPU weight layouts; auto = off on CPUs with AMX (a known crash)."),
+        click.option("--n-ctx", default=2048, show_default=True),
+    ):
+        wrapper = opt(wrapper)
+    return wrapper
 
 
-def _engines(model: str | Path, n_ctx: int, extra_buffers: str, seed: int = 0, runtime_type: str = "bf16"):
+def _engines(model: str | Path, cfg: EngineConfig, seed: int = 0, runtime_type: str = "bf16"):
     """`adapter -> Engine` as the loop builds it for this model (same runtime tensor type)."""
-    from .engines import factory
-    from .recipe import EngineConfig
+    from dataclasses import replace
 
-    return factory(model, EngineConfig(n_ctx=n_ctx, extra_buffers=extra_buffers, runtime_type=runtime_type), seed)
+    from .engines import factory
+
+    return factory(model, replace(cfg, runtime_type=runtime_type), seed)
 
 
 # ----------------------------------------------------------------------------- the loop
@@ -179,7 +200,7 @@ def push(run_dir: str, repo: str, dry_run: bool, private: bool, no_merged: bool,
 @click.option("--temperature", default=0.7, show_default=True)
 @engine_options
 def chat(run_dir: str | None, model: str, adapter: str | None, system: str | None, max_tokens: int,
-         temperature: float, n_ctx: int, extra_buffers: str) -> None:
+         temperature: float, engine_cfg: EngineConfig) -> None:
     """Chat with the final model of RUN_DIR (or --model with --adapter). /exit or Ctrl-D quits,
     /reset starts over."""
     from . import prompts
@@ -194,7 +215,7 @@ def chat(run_dir: str | None, model: str, adapter: str | None, system: str | Non
     else:
         raise ModelError("give a run folder or --adapter")
     # The file as it is: chat generates token by token, where Q8_0 (the merged export) beats BF16.
-    engine = _engines(gguf, n_ctx, extra_buffers, runtime_type="original")(lora, batched=False)
+    engine = _engines(gguf, engine_cfg, runtime_type="original")(lora, batched=False)
     session = Chat(engine, system or prompts.SEED_TAG, max_tokens=max_tokens, temperature=temperature)
     console.print(f"chatting with {gguf.name}" + (f" + {lora.name}" if lora else "") + "; /exit quits, /reset starts over",
                   highlight=False, soft_wrap=True)
@@ -340,14 +361,14 @@ def segment(inputs, output, min_chars, max_chars, max_segments, text_field, incl
 @click.option("--max-new-tokens", default=64, show_default=True)
 @click.option("--seed", default=0, show_default=True)
 @engine_options
-def augment(segments, output, model, adapter, temperature, top_p, max_new_tokens, seed, n_ctx, extra_buffers) -> None:
+def augment(segments, output, model, adapter, temperature, top_p, max_new_tokens, seed, engine_cfg) -> None:
     """Write an instruction for every segment (self-augmentation with a backward model)."""
     from . import augment as stage
     from .recipe import AugmentConfig
     from .ui import console
 
     cfg = AugmentConfig(temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens)
-    counts = stage.run(Path(segments), Path(output), cfg, _engines(model, n_ctx, extra_buffers, seed),
+    counts = stage.run(Path(segments), Path(output), cfg, _engines(model, engine_cfg, seed),
                        Path(adapter) if adapter else None, seed)
     console.print(f"{counts.pairs} pairs -> {output}")
 
@@ -367,8 +388,8 @@ def augment(segments, output, model, adapter, temperature, top_p, max_new_tokens
 @click.option("--no-tags", is_flag=True, help="Judge without the seed tag as system prompt.")
 @engine_options
 @click.argument("overrides", nargs=-1)
-def score(pairs, output, model, adapter, mode, backward_adapter, instruction_field, output_field, no_tags, n_ctx,
-          extra_buffers, overrides) -> None:
+def score(pairs, output, model, adapter, mode, backward_adapter, instruction_field, output_field, no_tags, engine_cfg,
+          overrides) -> None:
     """Score every (instruction, output) pair with the rubric and likelihood signals.
 
     PAIRS may be ours (instruction/output), Alpaca (instruction/input/output), ShareGPT
@@ -383,7 +404,7 @@ def score(pairs, output, model, adapter, mode, backward_adapter, instruction_fie
     rows = normalize_pairs(read_jsonl(pairs), pairs, instruction_field, output_field)
     if "backward" in wanted_signals(cfg) and not backward_adapter:
         raise click.UsageError("the backward signal needs --backward-adapter (a backward model's adapter.gguf)")
-    summary = run_score(rows, Path(output), cfg, _engines(model, n_ctx, extra_buffers),
+    summary = run_score(rows, Path(output), cfg, _engines(model, engine_cfg),
                         judge=Path(adapter) if adapter else None,
                         backward=Path(backward_adapter) if backward_adapter else None, tags=not no_tags)
     console.print(f"{summary.scored} scored -> {output}; mean {summary.mean_score}"

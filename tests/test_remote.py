@@ -157,3 +157,18 @@ def test_serve_config_names_every_adapter_the_run_will_train(hb_home, model_gguf
     assert aliases["M1"] == str((tmp_path / "r" / "round_01" / "train" / "adapter.gguf").resolve())
     assert served_name(Path(aliases["M1"])) == "M1"
     assert served_name(tmp_path / "r" / "backward" / "adapter.gguf") == "backward"
+
+
+def test_score_command_scores_through_the_server(remote_run, server, tmp_path):
+    """`humpback score --base-url`: the judge asked for by its model name (M0 from its run path)
+    gives the rubric scores the run recorded through the same server."""
+    url, _ = server
+    out = tmp_path / "scored.jsonl"
+    result = CliRunner().invoke(main, ["score", str(remote_run / "augment" / "pairs.jsonl"), "-o", str(out),
+                                       "--adapter", str(remote_run / "round_00" / "train" / "adapter.gguf"),
+                                       "--base-url", url, "--n-ctx", "1024", "signals=[rubric]"])
+    assert result.exit_code == 0, result.output
+    got = {r["id"]: r["signals"]["rubric"] for r in read_jsonl(out) if r.get("signals")}
+    run = {r["id"]: r["signals"]["rubric"] for r in read_jsonl(remote_run / "round_01" / "score" / "scored.jsonl")
+           if r.get("signals")}
+    assert got and got == run
