@@ -76,6 +76,7 @@ class RemoteEngine(Prompting):
         self.last_finish_reason: str | None = None
         self.model = self._served(model or cfg.served_model, fallback=model is None)
         self.name = f"{self.model} at {self.base_url}" + (f" ({label})" if label else "")
+        self.tokenizer_checked = self.check_tokenizer()
 
     # ------------------------------------------------------------------ the server
 

@@ -123,7 +123,7 @@ def test_remote_engine_checks_the_servers_tokenizer_and_model_names(remote_run, 
     e = _remote(url, remote_run / "backward" / "adapter.gguf")
     try:
         assert e.model == "backward"
-        assert e.check_tokenizer() is True
+        assert e.tokenizer_checked is True  # checked when the engine was made
         with pytest.raises(ModelError, match="does not serve 'M7'"):
             _remote(url, remote_run / "round_07" / "train" / "adapter.gguf")
     finally:
