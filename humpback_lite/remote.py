@@ -123,8 +123,7 @@ class RemoteEngine(Prompting):
             if not isinstance(got, list):
                 continue
             ours = self.tokenize(probe)
-            bos = self.llm.token_bos()
-            if got != ours and got[1:] != ours and not (got[:1] == [bos] and got[1:] == ours[1:]):
+            if got != ours and not (got[:1] == [self.llm.token_bos()] and got[1:] == ours):  # a BOS it adds is fine
                 raise ModelError(f"the server at {self.base_url} tokenizes differently from {self.gguf.name} "
                                  f"({got[:12]}... vs {ours[:12]}...): it serves another model or tokenizer")
             return True
