@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import socket
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -25,21 +24,14 @@ import time
 import urllib.request
 from pathlib import Path
 
+from bench_engine import timed  # the script's own folder is on sys.path
+
 from humpback_lite import prompts
 from humpback_lite.corpus import segment
 from humpback_lite.engine import Engine
 from humpback_lite.engines import make
 from humpback_lite.models import fetch, get_card, runtime_gguf
 from humpback_lite.recipe import EngineConfig
-
-
-def timed(fn, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
 
 
 def start_server(gguf: Path, folder: Path) -> tuple[subprocess.Popen, str]:
