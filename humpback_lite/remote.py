@@ -85,7 +85,8 @@ class RemoteEngine(Prompting):
         try:
             served = [m.id for m in self.client.models.list()]
         except self._errors as e:
-            raise ModelError(f"cannot reach the inference server at {self.base_url}: {e}") from None
+            hint = " (engine.base_url is the API root, usually ending in /v1)" if getattr(e, "status_code", 0) == 404 else ""
+            raise ModelError(f"cannot reach the inference server at {self.base_url}: {e}{hint}") from None
         if model is None and fallback and served:
             return served[0]
         if model not in served:
