@@ -172,3 +172,9 @@ def test_score_command_scores_through_the_server(remote_run, server, tmp_path):
     run = {r["id"]: r["signals"]["rubric"] for r in read_jsonl(remote_run / "round_01" / "score" / "scored.jsonl")
            if r.get("signals")}
     assert got and got == run
+
+
+def test_a_base_url_without_the_api_root_is_explained(remote_run, server):
+    url, _ = server
+    with pytest.raises(ModelError, match="usually ending in /v1"):
+        engines.make("smollm2-135m", EngineConfig(backend="openai", base_url=url.removesuffix("/v1"), retries=0))
