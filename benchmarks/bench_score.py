@@ -18,7 +18,9 @@ import time
 from humpback_lite import curate
 from humpback_lite.engine import Engine
 from humpback_lite.models import fetch, get_card
+from humpback_lite.recipe import CurateConfig
 from humpback_lite.seed import load_seed
+from humpback_lite.signals import Scorer
 
 # Injections never used while designing prompts.judge_view: they show what an unseen phrasing does.
 HELDOUT_INJECTIONS = {
@@ -70,6 +72,11 @@ def main() -> None:
     total = n * len(curate.INJECTIONS)
     held_flips = sum(per_injection[k][0] for k in HELDOUT_INJECTIONS)
     t_reason, _ = timed(lambda: score_all("reasoning"))
+    # the score stage's path for reasoning: a window's reasonings generated together (16 sequences)
+    batched = Engine(fetch(get_card("smollm2-135m")), adapter=args.adapter, n_ctx=2048, parallel=16)
+    cfg = CurateConfig(mode="reasoning", signals=["rubric"], reasoning_tokens=48)
+    window = [{"id": str(i), "instruction": p["instruction"], "output": p["output"]} for i, p in enumerate(pairs)]
+    t_batched, _ = timed(lambda: curate.score_window(Scorer(batched), window, lambda p, r: None, cfg))
 
     print(f"judge: {'base model' if not args.adapter else args.adapter}; {n} held-out seed pairs; "
           f"medians of {args.repeats} runs")
@@ -80,6 +87,8 @@ def main() -> None:
         print(f"  {name:16} flips {f / n:6.1%}   mean score shift {shift:+.3f}")
     print(f"prefix reuse: {n / t_warm:.2f} pairs/s vs cold {n / t_cold:.2f} pairs/s -> {t_cold / t_warm:.2f}x")
     print(f"expected {n / t_warm:.2f} pairs/s vs reasoning {n / t_reason:.2f} pairs/s -> {t_reason / t_warm:.2f}x")
+    print(f"score reasoning batched (16 sequences): ours {n / t_batched:.2f}/s, baseline (one at a time) "
+          f"{n / t_reason:.2f}/s, ratio {t_reason / t_batched:.2f}")
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ from .engine import Engine
 from .engines import EngineFactory
 from .layout import AugmentCounts
 from .recipe import AugmentConfig, RayConfig
-from .store import read_jsonl, resume_jsonl_windows
+from .store import read_jsonl, resume_jsonl_windows, resume_window
 
 
 def item_seed(seed: int, item_id: str) -> int:
@@ -57,12 +57,6 @@ def augment(
                                      work=lambda segs, emit: write_window(engine, segs, emit, cfg, seed),
                                      window=resume_window(engine.parallel), on_item=on_item)
     return AugmentCounts(pairs=done + new, resumed_from=done)
-
-
-def resume_window(parallel: int) -> int:
-    """Items per resume window: one at a time runs alone; batched, several batches' worth, so the
-    work a kill costs stays small while batches stay full."""
-    return 1 if parallel == 1 else 4 * parallel
 
 
 def run(segments: Path, out: Path, cfg: AugmentConfig, engines: EngineFactory, adapter: Path | None,

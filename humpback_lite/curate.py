@@ -39,7 +39,7 @@ from .engines import EngineFactory
 from .layout import ScoreCounts, SelectCounts
 from .recipe import CurateConfig, RayConfig
 from .signals import RUBRIC_MODES, SIGNALS, Scorer, combine, ranks
-from .store import DataError, read_jsonl, resume_jsonl_windows, write_jsonl
+from .store import DataError, read_jsonl, resume_jsonl_windows, resume_window, write_jsonl
 
 _FREE_SCORE = re.compile(r"score\s*:\s*([1-5])", re.IGNORECASE)
 
@@ -59,8 +59,13 @@ BENIGN = {
 }
 
 
+REASON_STOP = ("\n\n", "<|im_end|>")
+
+
 def score_one(engine: Engine, instruction: str, output: str, mode: str = "expected", tags: bool = True,
-              max_answer_tokens: int = 1024, reasoning_tokens: int = 96) -> dict:
+              max_answer_tokens: int = 1024, reasoning_tokens: int = 96, reason: str | None = None) -> dict:
+    """One pair on the rubric. In reasoning mode, `reason` is the judge's greedy reasoning when it
+    was already generated (batched, by `score_window`)."""
     answer = engine.truncate(output, max_answer_tokens)
     messages = prompts.rubric_messages(instruction, answer, tags=tags)
     if mode in ("expected", "greedy"):
@@ -69,8 +74,8 @@ def score_one(engine: Engine, instruction: str, output: str, mode: str = "expect
         return {"score": score, "score_expected": round(ds.expected, 4), "probs": [round(p, 4) for p in ds.probs],
                 "digit_mass": round(ds.mass, 4), "mode": mode}
     prompt = engine.format(messages)
-    reason = engine.generate(prompt, max_tokens=reasoning_tokens, temperature=0.0,
-                             stop=["\n\n", "<|im_end|>"]).strip()
+    if reason is None:
+        reason = engine.generate(prompt, max_tokens=reasoning_tokens, temperature=0.0, stop=REASON_STOP).strip()
     free = _FREE_SCORE.findall(reason)
     reason_text = _FREE_SCORE.split(reason)[0].strip() if free else reason
     ds = engine.digit_score(prompt + reason_text + "\n" + engine.score_prefix)
@@ -95,13 +100,14 @@ def wanted_signals(cfg: CurateConfig) -> list[str]:
     return [s for s in SIGNALS if s in need]
 
 
-def score_record(scorer: Scorer, instruction: str, output: str, cfg: CurateConfig) -> dict:
+def score_record(scorer: Scorer, instruction: str, output: str, cfg: CurateConfig, reason: str | None = None) -> dict:
     """The signals of one pair (`signals`) plus the rubric's details when it ran."""
     mode = cfg.mode if cfg.mode in RUBRIC_MODES else "expected"
     details: dict = {}
 
     def rubric(inst: str, out: str) -> dict:
-        rec = score_one(scorer.judge, inst, out, mode, scorer.tags, _max_answer(scorer.judge), cfg.reasoning_tokens)
+        rec = score_one(scorer.judge, inst, out, mode, scorer.tags, _max_answer(scorer.judge), cfg.reasoning_tokens,
+                        reason)
         details.update({k: v for k, v in rec.items() if k not in ("score", "mode")})
         return {"rubric": rec["score"]}
 
@@ -109,13 +115,13 @@ def score_record(scorer: Scorer, instruction: str, output: str, cfg: CurateConfi
     return {"signals": sig, **details}
 
 
-def score_pair(scorer: Scorer, pair: dict, cfg: CurateConfig) -> dict:
+def score_pair(scorer: Scorer, pair: dict, cfg: CurateConfig, reason: str | None = None) -> dict:
     """One candidate's record: its signals and, under a rubric mode, the rubric's details."""
     rec = {k: pair[k] for k in ("id", "instruction", "output", "provenance") if k in pair}
     rec["mode"] = cfg.mode
     if not pair["instruction"].strip():
         return {**rec, "score": None, "skipped": "empty instruction"}
-    return {**rec, **score_record(scorer, pair["instruction"], pair["output"], cfg)}
+    return {**rec, **score_record(scorer, pair["instruction"], pair["output"], cfg, reason)}
 
 
 def concurrency(engine: Engine) -> int:
@@ -124,12 +130,29 @@ def concurrency(engine: Engine) -> int:
     return engine.parallel if getattr(engine, "threadsafe", False) else 1
 
 
+def batched_reasoning(engine: Engine, cfg: CurateConfig) -> bool:
+    """Reasoning mode on llama.cpp here with several sequences: the window's reasonings are
+    generated together (continuous batching), then each digit is read as before."""
+    return cfg.mode == "reasoning" and engine.parallel > 1 and concurrency(engine) == 1
+
+
+def _reasons(scorer: Scorer, chunk: list[dict], cfg: CurateConfig) -> dict[str, str]:
+    judge = scorer.judge
+    todo = [p for p in chunk if p["instruction"].strip()]
+    texts = judge.generate_many(
+        [judge.format(prompts.rubric_messages(p["instruction"], judge.truncate(p["output"], _max_answer(judge)),
+                                              tags=scorer.tags)) for p in todo],
+        max_tokens=cfg.reasoning_tokens, temperature=0.0, stop=REASON_STOP)
+    return {p["id"]: t.strip() for p, t in zip(todo, texts, strict=True)}
+
+
 def score_window(scorer: Scorer, chunk: list[dict], emit: Callable[[dict, dict], None], cfg: CurateConfig) -> None:
     """Score one resume window, emitting the records in the window's order."""
     n = concurrency(scorer.judge)
     if n == 1 or len(chunk) == 1:
+        reasons = _reasons(scorer, chunk, cfg) if batched_reasoning(scorer.judge, cfg) else {}
         for p in chunk:
-            emit(p, score_pair(scorer, p, cfg))
+            emit(p, score_pair(scorer, p, cfg, reasons.get(p["id"])))
         return
     with ThreadPoolExecutor(max_workers=n) as pool:
         for p, rec in zip(chunk, pool.map(lambda q: score_pair(scorer, q, cfg), chunk), strict=True):
@@ -146,11 +169,16 @@ def score_pairs(
     cfg: CurateConfig,
     on_item: Callable[[], None] | None = None,
     pool: Any = None,
+    window: int = RAY_SCORE_WINDOW,
 ) -> dict:
     """Score every pair (skipping those already in out_path), append records, then give each its
     `score` under the mode (a combined score needs all of them) and rewrite the file atomically.
-    With `pool` (cluster.RayPool running `score_window`), Ray workers score and `scorer` is unused."""
-    window = RAY_SCORE_WINDOW if pool is not None else concurrency(scorer.judge)  # type: ignore[union-attr]
+    With `pool` (cluster.RayPool running `score_window`), Ray workers score `window` pairs per task
+    and `scorer` is unused."""
+    if pool is None:
+        judge = scorer.judge  # type: ignore[union-attr]
+        # batched reasoning: windows of several batches, which a resume repeats
+        window = resume_window(judge.parallel) if batched_reasoning(judge, cfg) else concurrency(judge)
     resume_jsonl_windows(out_path, pairs, key=lambda p: p["id"], window=window, on_item=on_item, pool=pool,
                          work=None if pool is not None else lambda chunk, emit: score_window(scorer, chunk, emit, cfg))
     records = read_jsonl(out_path)
@@ -464,7 +492,9 @@ def run_score(pairs: list[dict], out: Path, cfg: CurateConfig, engines: EngineFa
             from .cluster import RayPool
 
             pool = RayPool(ray, make, functools.partial(score_window, cfg=cfg))
-            counts = score_pairs(None, pairs, out, cfg, on_item=advance, pool=pool)
+            # batched reasoning: the in-process windows, so that the batches (and bytes) are the same
+            window = resume_window(engines.parallel) if cfg.mode == "reasoning" else RAY_SCORE_WINDOW
+            counts = score_pairs(None, pairs, out, cfg, on_item=advance, pool=pool, window=window)
             if checks is None:
                 return ScoreCounts.of(counts)
         scorer = make()

@@ -206,6 +206,12 @@ def resume_jsonl(path: str | Path, items: Iterable[Any], key: Callable[[Any], An
                                 on_item=on_item, record_key=record_key)
 
 
+def resume_window(parallel: int) -> int:
+    """Items per resume window of a batched stage: one at a time runs alone; batched, several
+    batches' worth, so the work a kill costs stays small while batches stay full."""
+    return 1 if parallel == 1 else 4 * parallel
+
+
 def resume_jsonl_windows(path: str | Path, items: Iterable[Any], key: Callable[[Any], Any],
                          work: Callable[[list[Any], Callable[[Any, dict | None], None]], None] | None, window: int,
                          on_item: Callable[[], None] | None = None,

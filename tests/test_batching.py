@@ -104,3 +104,32 @@ def test_an_empty_or_oversized_prompt_is_refused_before_any_decode(model_gguf):
         assert e.generate_many(["Hello"], max_tokens=2, temperature=0.0)  # the engine still works
     finally:
         e.close()
+
+
+def test_reasoning_scores_batched_per_window_match_one_at_a_time(model_gguf, segments, tmp_path):
+    """The paper's reasoning mode: a window's reasonings generated together, then each digit read;
+    the same reasoning and digits as pair by pair (greedy, so up to kernel rounding: compared with
+    the scores' resolution)."""
+    from humpback_lite import curate
+    from humpback_lite.recipe import CurateConfig
+    from humpback_lite.signals import Scorer
+
+    gguf = runtime_gguf(model_gguf, "bf16")
+    pairs = [{"id": s["id"], "instruction": "What does this text explain?", "output": s["text"]} for s in segments[:4]]
+    pairs.append({"id": "empty", "instruction": " ", "output": "x"})
+    cfg = CurateConfig(mode="reasoning", signals=["rubric"], reasoning_tokens=24)
+    out = {}
+    for parallel in (1, 4):
+        e = Engine(gguf, n_ctx=1024, parallel=parallel)
+        try:
+            assert curate.batched_reasoning(e, cfg) == (parallel > 1)
+            curate.score_pairs(Scorer(e), pairs, tmp_path / f"p{parallel}.jsonl", cfg)
+        finally:
+            e.close()
+        out[parallel] = {r["id"]: r for r in store.read_jsonl(tmp_path / f"p{parallel}.jsonl")}
+    assert out[4]["empty"]["skipped"] == "empty instruction"
+    for i, one in out[1].items():
+        if i == "empty":
+            continue
+        assert out[4][i]["reason"] == one["reason"], i
+        assert out[4][i]["score_expected"] == pytest.approx(one["score_expected"], abs=2e-3), i
