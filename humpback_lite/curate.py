@@ -136,23 +136,29 @@ def batched_reasoning(engine: Engine, cfg: CurateConfig) -> bool:
     return cfg.mode == "reasoning" and engine.parallel > 1 and concurrency(engine) == 1
 
 
-def _reasons(scorer: Scorer, chunk: list[dict], cfg: CurateConfig) -> dict[str, str]:
+def _reasons(scorer: Scorer, pairs: list[tuple[str, str]], cfg: CurateConfig) -> list[str | None]:
+    """The judge's greedy reasoning for each (instruction, answer), generated together; None for
+    an empty instruction (it is not scored)."""
     judge = scorer.judge
-    todo = [p for p in chunk if p["instruction"].strip()]
+    todo = [i for i, (inst, _) in enumerate(pairs) if inst.strip()]
     texts = judge.generate_many(
-        [judge.format(prompts.rubric_messages(p["instruction"], judge.truncate(p["output"], _max_answer(judge)),
-                                              tags=scorer.tags)) for p in todo],
-        max_tokens=cfg.reasoning_tokens, temperature=0.0, stop=REASON_STOP)
-    return {p["id"]: t.strip() for p, t in zip(todo, texts, strict=True)}
+        [judge.format(prompts.rubric_messages(pairs[i][0], judge.truncate(pairs[i][1], _max_answer(judge)),
+                                              tags=scorer.tags)) for i in todo],
+        max_tokens=cfg.reasoning_tokens, temperature=0.0, stop=REASON_STOP) if todo else []
+    out: list[str | None] = [None] * len(pairs)
+    for i, t in zip(todo, texts, strict=True):
+        out[i] = t.strip()
+    return out
 
 
 def score_window(scorer: Scorer, chunk: list[dict], emit: Callable[[dict, dict], None], cfg: CurateConfig) -> None:
     """Score one resume window, emitting the records in the window's order."""
     n = concurrency(scorer.judge)
     if n == 1 or len(chunk) == 1:
-        reasons = _reasons(scorer, chunk, cfg) if batched_reasoning(scorer.judge, cfg) else {}
-        for p in chunk:
-            emit(p, score_pair(scorer, p, cfg, reasons.get(p["id"])))
+        reasons = (_reasons(scorer, [(p["instruction"], p["output"]) for p in chunk], cfg)
+                   if batched_reasoning(scorer.judge, cfg) else [None] * len(chunk))
+        for p, reason in zip(chunk, reasons, strict=True):
+            emit(p, score_pair(scorer, p, cfg, reason))
         return
     with ThreadPoolExecutor(max_workers=n) as pool:
         for p, rec in zip(chunk, pool.map(lambda q: score_pair(scorer, q, cfg), chunk), strict=True):
@@ -353,19 +359,20 @@ def self_check(scorer: Scorer, pairs: list[dict], scored: list[dict], cfg: Curat
         return {"auc": None, "checks": 0}
     rng = random.Random(seed)
     sample = rng.sample(usable, min(cfg.checks, len(usable)))
+    checks = [({"kind": kind, "id": p["id"], "other": other["id"]}, p["instruction"], other["output"])
+              for kind, p, other in _partners(usable, sample)]
+    checks += [({"kind": kind, "id": p["id"], "injection": name}, p["instruction"], p["output"] + suffix)
+               for p in sample[: cfg.injection_checks]
+               for kind, suffixes in (("injected", INJECTIONS), ("benign", BENIGN)) for name, suffix in suffixes.items()]
+    step = resume_window(scorer.judge.parallel) if batched_reasoning(scorer.judge, cfg) else 1
     records = []
-    for kind, p, other in _partners(usable, sample):
-        rec = score_record(scorer, p["instruction"], other["output"], cfg)
-        records.append({"kind": kind, "id": p["id"], "other": other["id"], "signals": rec["signals"]})
-        if on_item:
-            on_item()
-    for p in sample[: cfg.injection_checks]:
-        for kind, suffixes in (("injected", INJECTIONS), ("benign", BENIGN)):
-            for name, suffix in suffixes.items():
-                rec = score_record(scorer, p["instruction"], p["output"] + suffix, cfg)
-                records.append({"kind": kind, "id": p["id"], "injection": name, "signals": rec["signals"]})
-                if on_item:
-                    on_item()
+    for start in range(0, len(checks), step):
+        chunk = checks[start: start + step]
+        reasons = _reasons(scorer, [(inst, out) for _, inst, out in chunk], cfg) if step > 1 else [None] * len(chunk)
+        for (meta, inst, out), reason in zip(chunk, reasons, strict=True):
+            records.append({**meta, "signals": score_record(scorer, inst, out, cfg, reason)["signals"]})
+            if on_item:
+                on_item()
     score_checks(records, scored, cfg)
     write_jsonl(out_path, records)
     out: dict = {"checks": len(sample), "hard_checks": sum(1 for r in records if r["kind"] == "hard")}
