@@ -13,6 +13,7 @@ pipeline around JSONL the stage already writes itself.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Iterator
 from dataclasses import replace
 from typing import Any
@@ -75,6 +76,7 @@ class RayPool:
         try:
             yield from ActorPool(actors).map(lambda a, chunk: a.run.remote(self.compute, chunk), chunks)
         finally:
-            ray.get([a.close.remote() for a in actors])
-            for a in actors:
+            for a in actors:  # a dead actor must not hide the error that ended the map
+                with contextlib.suppress(Exception):
+                    ray.get(a.close.remote(), timeout=60)
                 ray.kill(a)
