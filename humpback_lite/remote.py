@@ -57,11 +57,23 @@ class RemoteEngine(Prompting):
                  label: str | None = None):
         from llama_cpp import Llama
 
-        openai = _openai()
         self.gguf = Path(gguf)
+        self.n_ctx = cfg.n_ctx
+        self.parallel = parallel or cfg.parallel or DEFAULT_PARALLEL
+        self.top_logprobs = cfg.top_logprobs
+        self.adapter = None
+        self.last_finish_reason: str | None = None
         with quiet_stderr():
             self.llm = Llama(model_path=str(self.gguf), vocab_only=True, verbose=False)
-        self._init_prompting(None)
+        try:
+            self._init_prompting(None)
+            self._connect(cfg, model, label)
+        except BaseException:
+            self.llm.close()
+            raise
+
+    def _connect(self, cfg: EngineConfig, model: str | None, label: str | None) -> None:
+        openai = _openai()
         key = os.environ.get(cfg.api_key_env, "") if cfg.api_key_env else ""
         if cfg.api_key_env and not key:
             raise ModelError(f"engine.api_key_env names {cfg.api_key_env}, which is not set in the environment")
@@ -69,11 +81,6 @@ class RemoteEngine(Prompting):
         self.client = openai.OpenAI(base_url=self.base_url, api_key=key or "none", timeout=cfg.timeout,
                                     max_retries=cfg.retries)
         self._errors = (openai.APIError, openai.APIConnectionError)
-        self.n_ctx = cfg.n_ctx
-        self.parallel = parallel or cfg.parallel or DEFAULT_PARALLEL
-        self.top_logprobs = cfg.top_logprobs
-        self.adapter = None
-        self.last_finish_reason: str | None = None
         self.model = self._served(model or cfg.served_model, fallback=model is None)
         self.name = f"{self.model} at {self.base_url}" + (f" ({label})" if label else "")
         self.tokenizer_checked = self.check_tokenizer()

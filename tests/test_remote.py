@@ -178,3 +178,10 @@ def test_a_base_url_without_the_api_root_is_explained(remote_run, server):
     url, _ = server
     with pytest.raises(ModelError, match="usually ending in /v1"):
         engines.make("smollm2-135m", EngineConfig(backend="openai", base_url=url.removesuffix("/v1"), retries=0))
+
+
+def test_an_unset_api_key_variable_is_named(model_gguf, monkeypatch):
+    monkeypatch.delenv("HUMPBACK_TEST_KEY", raising=False)
+    cfg = EngineConfig(backend="openai", base_url="http://127.0.0.1:9/v1", api_key_env="HUMPBACK_TEST_KEY")
+    with pytest.raises(ModelError, match="HUMPBACK_TEST_KEY, which is not set"):
+        engines.make("smollm2-135m", cfg)
