@@ -180,6 +180,11 @@ def auto_parallel(gguf: str | Path, n_ctx: int) -> int:
     return max(1, min(MAX_PARALLEL, KV_BUDGET // max(1, n_ctx * kv_bytes_per_token(gguf))))
 
 
+def configured_parallel(runtime_path: str | Path, cfg: EngineConfig) -> int:
+    """The sequences an engine built from `cfg` runs at once: `engine.parallel`, or `auto_parallel`."""
+    return cfg.parallel or auto_parallel(runtime_path, cfg.n_ctx)
+
+
 def settings(cfg: EngineConfig, gguf: str | Path | None = None) -> dict[str, object]:
     """What an engine built from `cfg` would use on this machine (for `humpback models`)."""
     out: dict[str, object] = {
@@ -189,7 +194,7 @@ def settings(cfg: EngineConfig, gguf: str | Path | None = None) -> dict[str, obj
         "runtime_type": cfg.runtime_type, "n_ctx per sequence": cfg.n_ctx, "n_batch": cfg.n_batch,
     }
     if gguf is not None:
-        parallel = cfg.parallel or auto_parallel(gguf, cfg.n_ctx)
+        parallel = configured_parallel(gguf, cfg)
         kv = parallel * cfg.n_ctx * kv_bytes_per_token(gguf)
         out["parallel"] = f"{parallel} ({'set' if cfg.parallel else 'auto'}; KV cache {kv / 2**20:.0f} MiB)"
     return out
@@ -326,7 +331,7 @@ class Engine(Prompting):
         path = runtime_gguf(Path(gguf), cfg.runtime_type)
         return cls(path, adapter=adapter, n_ctx=cfg.n_ctx, n_threads=cfg.n_threads, n_batch=cfg.n_batch,
                    n_gpu_layers=cfg.n_gpu_layers, seed=seed, extra_buffers=cfg.extra_buffers,
-                   parallel=cfg.parallel or auto_parallel(path, cfg.n_ctx))
+                   parallel=configured_parallel(path, cfg))
 
     def _native(self, op: str):
         """Mark a call into llama.cpp, so that a crash inside it is reported with model and op."""

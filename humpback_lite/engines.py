@@ -61,14 +61,15 @@ class Engines:
     @property
     def parallel(self) -> int:
         """Sequences (or requests) a batched engine from here keeps in flight."""
+        # the same functions the engines themselves call: a Ray window must match the local one
         if self.cfg.backend == "openai":
-            from .remote import DEFAULT_PARALLEL
+            from .remote import requests_in_flight
 
-            return self.cfg.parallel or DEFAULT_PARALLEL
-        from .engine import auto_parallel
+            return requests_in_flight(self.cfg)
+        from .engine import configured_parallel
         from .models import runtime_gguf
 
-        return self.cfg.parallel or auto_parallel(runtime_gguf(self.gguf, self.cfg.runtime_type), self.cfg.n_ctx)
+        return configured_parallel(runtime_gguf(self.gguf, self.cfg.runtime_type), self.cfg)
 
 
 def factory(model: str | Path, cfg: EngineConfig, seed: int = 0) -> Engines:

@@ -42,6 +42,10 @@ PLAIN_SAMPLING = {"top_k": 0, "min_p": 0.0, "repeat_penalty": 1.0, "typical_p": 
 DEFAULT_PARALLEL = 8  # requests in flight when engine.parallel is unset
 
 
+def requests_in_flight(cfg: EngineConfig) -> int:
+    return cfg.parallel or DEFAULT_PARALLEL
+
+
 def _openai():
     try:
         import openai
@@ -53,13 +57,12 @@ def _openai():
 class RemoteEngine(Prompting):
     threadsafe = True  # stages may call it from several threads: each call is one HTTP request
 
-    def __init__(self, gguf: str | Path, cfg: EngineConfig, model: str | None = None, parallel: int | None = None,
-                 label: str | None = None):
+    def __init__(self, gguf: str | Path, cfg: EngineConfig, model: str | None = None, label: str | None = None):
         from llama_cpp import Llama
 
         self.gguf = Path(gguf)
         self.n_ctx = cfg.n_ctx
-        self.parallel = parallel or cfg.parallel or DEFAULT_PARALLEL
+        self.parallel = requests_in_flight(cfg)
         self.top_logprobs = cfg.top_logprobs
         self.adapter = None
         self.last_finish_reason: str | None = None
