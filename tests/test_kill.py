@@ -17,6 +17,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 from conftest import TINY
 
 HERE = Path(__file__).resolve().parent
@@ -80,8 +81,10 @@ def test_a_run_stopped_by_a_full_disk_resumes_to_the_same_bytes(model_gguf, tmp_
         assert (out / f).read_bytes() == (ref / f).read_bytes(), f
 
 
-def test_training_killed_midway_leaves_nothing_and_retrains_to_the_same_adapter(hf_weights, tmp_path):
-    # the real trainer and converter write through atomic_dir/atomic_path: a kill leaves no adapter
+@pytest.mark.parametrize("processes", [1, 2])
+def test_training_killed_midway_leaves_nothing_and_retrains_to_the_same_adapter(hf_weights, tmp_path, processes):
+    # the real trainer and converter write through atomic_dir/atomic_path: a kill leaves no adapter;
+    # with two DDP processes the kill reaches torchrun and its workers too (none left training)
     from humpback_lite.seed import load_seed
 
     data = tmp_path / "data.jsonl"
@@ -91,7 +94,7 @@ def test_training_killed_midway_leaves_nothing_and_retrains_to_the_same_adapter(
 
     def train(out: Path) -> list[str]:
         return [sys.executable, "-m", "humpback_lite", "train", str(data), "-o", str(out), "max_steps=4",
-                "batch_size=2", "max_length=128", "lora_r=4", "quantize=none"]
+                "batch_size=2", "max_length=128", "lora_r=4", "quantize=none", f"processes={processes}"]
 
     t0 = time.time()
     subprocess.run(train(tmp_path / "ref"), env=env, check=True, capture_output=True)
@@ -101,8 +104,27 @@ def test_training_killed_midway_leaves_nothing_and_retrains_to_the_same_adapter(
     time.sleep(total * 0.7)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
+    deadline = time.time() + 30
+    while _training_processes(out) and time.time() < deadline:
+        time.sleep(0.5)
+    assert not _training_processes(out)
     # killed in training: nothing; killed in conversion: the adapter folder without a half-written .gguf
     assert not out.exists() or not [p for p in out.rglob(".*")], list(out.rglob("*"))
     subprocess.run(train(out), env=env, check=True, capture_output=True)
     for f in ("adapter_model.safetensors", "adapter.gguf"):
         assert (out / f).read_bytes() == (tmp_path / "ref" / f).read_bytes(), f
+
+
+def _training_processes(out: Path) -> list[int]:
+    """Processes still working for the killed command: its torchrun launcher and their workers,
+    whose job file names `out`."""
+    found = []
+    for d in Path("/proc").glob("[0-9]*"):
+        try:
+            cmd = (d / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            job = next((a for a in cmd.split() if a.endswith("job.json")), None)
+            if job and str(out) in Path(job).read_text():
+                found.append(int(d.name))
+        except (OSError, ValueError):
+            continue
+    return found

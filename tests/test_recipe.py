@@ -39,6 +39,8 @@ def test_out_of_range_value_names_key():
         from_dict({"augment": {"top_p": 1.5}})
     with pytest.raises(RecipeError, match=r"^rounds: must be >= 1"):
         from_dict({"rounds": 0})
+    with pytest.raises(RecipeError, match=r"train\.processes: must divide batch_size \(4\)"):
+        from_dict({}, ["train.processes=3"])
 
 
 def test_bad_override_syntax_is_explained():
