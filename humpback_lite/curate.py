@@ -28,7 +28,7 @@ import functools
 import random
 import re
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -100,8 +100,9 @@ def wanted_signals(cfg: CurateConfig) -> list[str]:
     return [s for s in SIGNALS if s in need]
 
 
-def score_record(scorer: Scorer, instruction: str, output: str, cfg: CurateConfig, reason: str | None = None) -> dict:
-    """The signals of one pair (`signals`) plus the rubric's details when it ran."""
+def score_record(scorer: Scorer, instruction: str, output: str, cfg: CurateConfig, reason: str | None = None,
+                 skip: Collection[str] = ()) -> dict:
+    """The signals of one pair (`signals`, less those in `skip`) plus the rubric's details when it ran."""
     mode = cfg.mode if cfg.mode in RUBRIC_MODES else "expected"
     details: dict = {}
 
@@ -111,17 +112,18 @@ def score_record(scorer: Scorer, instruction: str, output: str, cfg: CurateConfi
         details.update({k: v for k, v in rec.items() if k not in ("score", "mode")})
         return {"rubric": rec["score"]}
 
-    sig = scorer.signals(instruction, output, wanted_signals(cfg), rubric)
+    sig = scorer.signals(instruction, output, [s for s in wanted_signals(cfg) if s not in skip], rubric)
     return {"signals": sig, **details}
 
 
-def score_pair(scorer: Scorer, pair: dict, cfg: CurateConfig, reason: str | None = None) -> dict:
+def score_pair(scorer: Scorer, pair: dict, cfg: CurateConfig, reason: str | None = None,
+               skip: Collection[str] = ()) -> dict:
     """One candidate's record: its signals and, under a rubric mode, the rubric's details."""
     rec = {k: pair[k] for k in ("id", "instruction", "output", "provenance") if k in pair}
     rec["mode"] = cfg.mode
     if not pair["instruction"].strip():
         return {**rec, "score": None, "skipped": "empty instruction"}
-    return {**rec, **score_record(scorer, pair["instruction"], pair["output"], cfg, reason)}
+    return {**rec, **score_record(scorer, pair["instruction"], pair["output"], cfg, reason, skip)}
 
 
 def concurrency(engine: Engine) -> int:
@@ -160,9 +162,19 @@ def score_window(scorer: Scorer, chunk: list[dict], emit: Callable[[dict, dict],
         for p, reason in zip(chunk, reasons, strict=True):
             emit(p, score_pair(scorer, p, cfg, reason))
         return
+    # A server that swaps adapters per request (llama_cpp.server reloads the model, ~2 s) would swap
+    # on almost every request if judge and backward passes were mixed: the window's judge passes
+    # go first, then its backward passes. The records are the same, key order included.
+    later = {"backward"} & set(wanted_signals(cfg))
     with ThreadPoolExecutor(max_workers=n) as pool:
-        for p, rec in zip(chunk, pool.map(lambda q: score_pair(scorer, q, cfg), chunk), strict=True):
-            emit(p, rec)
+        recs = list(pool.map(lambda q: score_pair(scorer, q, cfg, skip=later), chunk))
+        if later:
+            todo = [r for r in recs if "signals" in r]
+            for r, sig in zip(todo, pool.map(lambda r: scorer.backward(r["instruction"], r["output"]), todo),
+                              strict=True):
+                r["signals"].update(sig)
+    for p, rec in zip(chunk, recs, strict=True):
+        emit(p, rec)
 
 
 RAY_SCORE_WINDOW = 4  # pairs per Ray task: enough to amortise a task, small enough to spread

@@ -185,3 +185,31 @@ def test_an_unset_api_key_variable_is_named(model_gguf, monkeypatch):
     cfg = EngineConfig(backend="openai", base_url="http://127.0.0.1:9/v1", api_key_env="HUMPBACK_TEST_KEY")
     with pytest.raises(ModelError, match="HUMPBACK_TEST_KEY, which is not set"):
         engines.make("smollm2-135m", cfg)
+
+
+def test_a_window_sends_its_judge_passes_before_its_backward_passes(remote_run, server, model_gguf, tmp_path):
+    """llama_cpp.server reloads the model whenever a request names another adapter: mixed judge and
+    backward requests would reload it on almost every request. The records match in-process ones."""
+    from humpback_lite.recipe import CurateConfig
+
+    url, _ = server
+    pairs = [p for p in read_jsonl(remote_run / "augment" / "pairs.jsonl") if p["instruction"].strip()][:2]
+    cfg = CurateConfig(mode="pmi", signals=["pmi", "backward"], top_fraction=0.5, checks=0)
+    judge_gguf, back_gguf = (remote_run / d / "adapter.gguf" for d in ("round_00/train", "backward"))
+    judge, back = _remote(url, judge_gguf), _remote(url, back_gguf)
+    sent: list[str] = []
+    for e in (judge, back):
+        e._complete = lambda prompt, _real=e._complete, _name=e.model, **kw: (sent.append(_name), _real(prompt, **kw))[1]
+    curate.score_pairs(Scorer(judge, back), pairs, tmp_path / "remote.jsonl", cfg)
+    assert "backward" in sent and sent == sorted(sent, key=lambda name: name == "backward"), sent
+
+    local = [Engine.from_config(model_gguf, EngineConfig(n_ctx=1024, parallel=1), adapter=a) for a in (judge_gguf, back_gguf)]
+    try:
+        curate.score_pairs(Scorer(*local), pairs, tmp_path / "local.jsonl", cfg)
+    finally:
+        for e in local:
+            e.close()
+    for r, q in zip(read_jsonl(tmp_path / "remote.jsonl"), read_jsonl(tmp_path / "local.jsonl"), strict=True):
+        assert list(r["signals"]) == list(q["signals"])  # same record layout as one pass per pair
+        for name in ("pmi", "backward", "backward_lp"):
+            assert abs(r["signals"][name] - q["signals"][name]) <= 2e-3, (r["id"], name)
