@@ -11,7 +11,8 @@ Same interface as `engine.Engine`, so every stage runs on either. What stays as 
   `logprobs`), which vLLM and llama_cpp.server return and llama-server does not (a clear error);
 - an adapter is asked for by the name of the model it makes (`backward`, `M0`, `M1`, ...): the
   server serves the run's adapters under those names (`humpback serve-config` writes the
-  llama_cpp.server config; vLLM takes them as `--lora-modules`);
+  llama_cpp.server config; vLLM takes them as `--lora-modules`), or, on llama-server, has it
+  loaded (`--lora`, listed by GET /lora-adapters) and gets it per request in the `lora` field;
 - each item's seed travels with its request, sampling is plain top-p + temperature (the server's
   extra samplers switched off), and up to `parallel` requests are in flight.
 
@@ -44,6 +45,20 @@ DEFAULT_PARALLEL = 8  # requests in flight when engine.parallel is unset
 
 def requests_in_flight(cfg: EngineConfig) -> int:
     return cfg.parallel or DEFAULT_PARALLEL
+
+
+def lora_scales(loaded: list[dict], adapter: str | None) -> list[dict] | None:
+    """llama-server's per-request `lora` field for `adapter` (a model name such as "M1"), given
+    the adapters it has loaded (GET /lora-adapters: id, path, scale): scale 1 for the one whose
+    file is that run adapter, 0 for the others (or 0 for all: the base). None when `adapter` is
+    not among them. Every adapter is named: one left out gets 0 on current llama-server, but an
+    explicit scale does not depend on that."""
+    from .layout import served_name
+
+    ids = [(a["id"], served_name(a["path"])) for a in loaded if isinstance(a, dict) and "id" in a and "path" in a]
+    if adapter is not None and adapter not in {name for _, name in ids}:
+        return None
+    return [{"id": i, "scale": 1.0 if name == adapter else 0.0} for i, name in ids]
 
 
 def _openai():
@@ -81,34 +96,59 @@ class RemoteEngine(Prompting):
         if cfg.api_key_env and not key:
             raise ModelError(f"engine.api_key_env names {cfg.api_key_env}, which is not set in the environment")
         self.base_url = (cfg.base_url or "").rstrip("/")
+        self.api_key = key
         self.client = openai.OpenAI(base_url=self.base_url, api_key=key or "none", timeout=cfg.timeout,
                                     max_retries=cfg.retries)
         self._errors = (openai.APIError, openai.APIConnectionError)
-        self.model = self._served(model or cfg.served_model, fallback=model is None)
+        self.lora: list[dict] | None = None  # llama-server's per-request adapter scales
+        self.base_model = cfg.served_model
+        self.model = self._served(model or cfg.served_model, fallback=model is None, adapter=model)
         self.name = f"{self.model} at {self.base_url}" + (f" ({label})" if label else "")
         self.tokenizer_checked = self.check_tokenizer()
 
     # ------------------------------------------------------------------ the server
 
-    def _served(self, model: str | None, fallback: bool) -> str:
-        """`model` if the server lists it; with no name asked for, the first it lists."""
+    def _served(self, model: str | None, fallback: bool, adapter: str | None = None) -> str:
+        """`model` if the server lists it; with no name asked for, the first it lists. On a
+        llama-server with LoRAs loaded, the base model plus per-request scales (`self.lora`)
+        selecting `adapter` (or none of them for the base)."""
         try:
             served = [m.id for m in self.client.models.list()]
         except self._errors as e:
             hint = " (engine.base_url is the API root, usually ending in /v1)" if getattr(e, "status_code", 0) == 404 else ""
             raise ModelError(f"cannot reach the inference server at {self.base_url}: {e}{hint}") from None
+        if adapter not in served:
+            loaded = self._get("/lora-adapters")
+            self.lora = lora_scales(loaded, adapter) if isinstance(loaded, list) else None
+            if adapter is not None and self.lora is not None and served:
+                return self.base_model if self.base_model in served else served[0]
         if model is None and fallback and served:
             return served[0]
         if model not in served:
             # llama_cpp.server answers an unknown name with its default model: refuse here instead
             raise ModelError(f"the server at {self.base_url} does not serve {model!r} (it serves: "
                              f"{', '.join(served) or 'nothing'}); start it with the run's adapters under "
-                             "their model names (`humpback serve-config`, README \"Bigger than one machine\")")
+                             "their model names (`humpback serve-config`) or load it into llama-server with --lora "
+                             "(README \"Bigger than one machine\")")
         return model
 
-    def _complete(self, prompt: str, **kw: Any):
+    def _get(self, path: str) -> Any:
+        """GET `path` at the server's root (outside the OpenAI API); None where it has none."""
+        import json
+        import urllib.request
+
+        headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
         try:
-            r = self.client.completions.create(model=self.model, prompt=prompt, extra_body=PLAIN_SAMPLING, **kw)
+            with urllib.request.urlopen(urllib.request.Request(self.base_url.removesuffix("/v1") + path,
+                                                               headers=headers), timeout=30) as resp:
+                return json.load(resp)
+        except (OSError, ValueError):
+            return None
+
+    def _complete(self, prompt: str, **kw: Any):
+        extra = PLAIN_SAMPLING if self.lora is None else {**PLAIN_SAMPLING, "lora": self.lora}
+        try:
+            r = self.client.completions.create(model=self.model, prompt=prompt, extra_body=extra, **kw)
         except self._errors as e:
             raise ModelError(f"the inference server at {self.base_url} failed on {self.model}: {e}") from None
         if not r.choices:

@@ -20,7 +20,7 @@ from humpback_lite.engine import Engine
 from humpback_lite.layout import served_name
 from humpback_lite.models import ModelError, runtime_gguf
 from humpback_lite.recipe import EngineConfig, load_recipe
-from humpback_lite.remote import llama_cpp_server_config
+from humpback_lite.remote import llama_cpp_server_config, lora_scales
 from humpback_lite.signals import Scorer
 from humpback_lite.store import read_jsonl
 
@@ -123,11 +123,22 @@ def test_remote_engine_checks_the_servers_tokenizer_and_model_names(remote_run, 
     e = _remote(url, remote_run / "backward" / "adapter.gguf")
     try:
         assert e.model == "backward"
+        assert e.lora is None  # selected by model name; llama_cpp.server has no per-request LoRA field
         assert e.tokenizer_checked is True  # checked when the engine was made
         with pytest.raises(ModelError, match="does not serve 'M7'"):
             _remote(url, remote_run / "round_07" / "train" / "adapter.gguf")
     finally:
         e.close()
+
+
+def test_llama_server_gets_the_adapter_per_request_found_by_its_run_folder():
+    # GET /lora-adapters on llama-server lists what it loaded (--lora), with its own paths
+    loaded = [{"id": 0, "path": "/srv/runs/q/backward/adapter.gguf", "scale": 1.0},
+              {"id": 1, "path": "/srv/runs/q/round_01/train/adapter.gguf", "scale": 1.0}]
+    assert lora_scales(loaded, "M1") == [{"id": 0, "scale": 0.0}, {"id": 1, "scale": 1.0}]
+    assert lora_scales(loaded, "backward") == [{"id": 0, "scale": 1.0}, {"id": 1, "scale": 0.0}]
+    assert lora_scales(loaded, None) == [{"id": 0, "scale": 0.0}, {"id": 1, "scale": 0.0}]  # the base: none
+    assert lora_scales(loaded, "M2") is None  # not loaded there: the model-name error follows
 
 
 def test_remote_engine_says_which_server_it_cannot_reach(model_gguf):
