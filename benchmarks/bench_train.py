@@ -1,12 +1,14 @@
 """Training throughput side by side in one process: our `train_lora` vs TRL's `SFTTrainer` with its
 defaults, on the same rows, the same LoRA and the same number of steps.
 
-    python benchmarks/bench_train.py [--steps 12] [--repeats 3]
+    python benchmarks/bench_train.py [--steps 12] [--repeats 3] [--processes 2]
 
 Rows: the bundled seed pairs as forward rows (instruction -> answer), the quickstart's training
 settings (bf16 weights, batch 4, max_length 384, LoRA r=16 on every linear layer). Each line:
 `name: ours X tokens/s, baseline Y tokens/s, ratio Z`, medians over repeats, then the loss of both
-after the same steps (they must agree: only the speed may differ) and peak memory.
+after the same steps (they must agree: only the speed may differ) and peak memory. With
+`--processes N`: our trainer in N data-parallel processes (DDP under torchrun) vs in one, on the
+backward rows of the same pairs (~330 tokens), each process with cores / N threads.
 """
 
 from __future__ import annotations
@@ -49,6 +51,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--steps", type=int, default=12)
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--processes", type=int, default=0, help="also compare N training processes with one")
     args = ap.parse_args()
 
     card = get_card("smollm2-135m")
@@ -67,6 +70,27 @@ def main() -> None:
     print(f"loss after {args.steps} steps: ours {statistics.median(x[1] for x in ours):.4f}, "
           f"TRL defaults {statistics.median(x[1] for x in theirs):.4f}")
     print(f"(medians of {args.repeats}; peak RSS of the process {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB)")
+    if args.processes > 1:
+        processes(seed_rows, weights, args)
+
+
+def processes(seed_rows: list[dict], weights: str, args) -> None:
+    """Tokens/s of N DDP processes vs one, alternating runs; wall time includes starting them."""
+    rows = [prompts.backward_row(r) for r in seed_rows]
+    one, many = [], []
+    with tempfile.TemporaryDirectory() as tmp:
+        for i in range(args.repeats):
+            for n, runs in ((1, one), (args.processes, many)):
+                cfg = TrainConfig(quantize="none", max_steps=args.steps, batch_size=4, max_length=384, processes=n)
+                t = time.perf_counter()
+                stats = train_lora(rows, Path(tmp) / f"p{n}-{i}", weights, cfg, seed=0)
+                runs.append((stats.tokens_per_second, time.perf_counter() - t, stats.train_loss))
+    o, m = statistics.median(x[0] for x in one), statistics.median(x[0] for x in many)
+    print(f"train processes: ours in {args.processes} processes {m:.0f} tokens/s, in one {o:.0f} tokens/s, "
+          f"ratio {m / o:.2f}")
+    print(f"  wall per training (with start-up): {statistics.median(x[1] for x in many):.1f} s vs "
+          f"{statistics.median(x[1] for x in one):.1f} s; loss {statistics.median(x[2] for x in many):.4f} vs "
+          f"{statistics.median(x[2] for x in one):.4f}")
 
 
 if __name__ == "__main__":

@@ -253,7 +253,8 @@ class TrainConfig:
     """Data-parallel training processes: PyTorch DDP under torchrun, one per GPU on a machine with
     several (transformers + peft; Unsloth trains on one GPU). Each takes batch_size / processes
     rows of every step, so steps and learning rate stay those of one process. On a CPU they share
-    the cores and gained nothing (measured on 2 cores: 1.04x tokens/s, and ~4 s to start them)."""
+    the cores and gain nothing (benchmarks/bench_train.py --processes 2 on 2 cores: 1.09x tokens/s,
+    but 40.8 s vs 35.1 s per 10-step training with the start-up of the processes)."""
 
     def __post_init__(self) -> None:
         _check(self.lora_r >= 1, "lora_r", "must be >= 1")

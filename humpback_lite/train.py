@@ -279,9 +279,10 @@ def _sft_config(cfg: TrainConfig, output_dir: Path, seed: int, cuda: bool, world
 # Data parallelism through PyTorch DDP as TRL/transformers' Trainer does it under torchrun (the
 # launcher `accelerate launch` wraps): each process holds the model, takes its share of every
 # batch, and the LoRA gradients (a few MB) are averaged each step. Meant for machines with several
-# GPUs. On a CPU it works (gloo; the tests use it) but does not pay: measured on 2 cores, backward
-# rows, batch 4, 10 steps, medians of 3: one process with 2 threads 258 tokens/s, two with one
-# thread each 267 (1.04x), and starting them costs ~4 s (imports and a model load in each).
+# GPUs. On a CPU it works (gloo; the tests use it) but does not pay: `bench_train.py --processes 2`
+# on 2 cores (backward rows, batch 4, 10 steps, medians of 3): two one-thread processes 262
+# tokens/s vs one two-thread process 241 (1.09x), but 40.8 s vs 35.1 s per training once the
+# start-up (imports and a model load in each process) is counted.
 _STEP = "@humpback-step"  # rank 0's progress lines on stdout
 
 
