@@ -102,28 +102,29 @@ class RemoteEngine(Prompting):
         self._errors = (openai.APIError, openai.APIConnectionError)
         self.lora: list[dict] | None = None  # llama-server's per-request adapter scales
         self.base_model = cfg.served_model
-        self.model = self._served(model or cfg.served_model, fallback=model is None, adapter=model)
+        self.model = self._served(model)
         self.name = f"{self.model} at {self.base_url}" + (f" ({label})" if label else "")
         self.tokenizer_checked = self.check_tokenizer()
 
     # ------------------------------------------------------------------ the server
 
-    def _served(self, model: str | None, fallback: bool, adapter: str | None = None) -> str:
-        """`model` if the server lists it; with no name asked for, the first it lists. On a
-        llama-server with LoRAs loaded, the base model plus per-request scales (`self.lora`)
-        selecting `adapter` (or none of them for the base)."""
+    def _served(self, adapter: str | None) -> str:
+        """The model name to request: `adapter` if the server lists it; on a llama-server that
+        has it loaded, the base model plus per-request scales (`self.lora`); for the base model
+        (no adapter), `engine.served_model` or else the first model the server lists."""
         try:
             served = [m.id for m in self.client.models.list()]
         except self._errors as e:
             hint = " (engine.base_url is the API root, usually ending in /v1)" if getattr(e, "status_code", 0) == 404 else ""
             raise ModelError(f"cannot reach the inference server at {self.base_url}: {e}{hint}") from None
-        if adapter not in served:
+        if adapter not in served:  # the base model, or an adapter llama-server may hold as a LoRA
             loaded = self._get("/lora-adapters")
             self.lora = lora_scales(loaded, adapter) if isinstance(loaded, list) else None
             if adapter is not None and self.lora is not None and served:
                 return self.base_model if self.base_model in served else served[0]
-        if model is None and fallback and served:
+        if adapter is None and self.base_model is None and served:
             return served[0]
+        model = adapter or self.base_model
         if model not in served:
             # llama_cpp.server answers an unknown name with its default model: refuse here instead
             raise ModelError(f"the server at {self.base_url} does not serve {model!r} (it serves: "
