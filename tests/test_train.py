@@ -55,6 +55,37 @@ def _rows(n: int) -> list[dict]:
     return [prompts.forward_row(dict(r, source="seed")) for r in seed]
 
 
+def test_the_loss_head_projects_only_labelled_positions_and_the_loss_is_unchanged(hf_weights, tmp_path, monkeypatch):
+    # backward rows: a long answer in the prompt, a short instruction to learn; on a CPU TRL would
+    # project every position through the 49k-token head, we only the labelled ones
+    import contextlib
+
+    import trl.trainer.utils as trl_utils
+
+    from humpback_lite import train
+    from humpback_lite.recipe import TrainConfig
+    from humpback_lite.seed import load_seed
+
+    seed, _ = load_seed("builtin:seed", 0, 4)
+    rows = [prompts.backward_row(r) for r in seed]
+    cfg = TrainConfig(quantize="none", max_steps=1, batch_size=4, max_length=256, lora_r=4)
+    projected: list[int] = []
+    apply = trl_utils._ChunkedLogProbFunction.apply
+
+    def spy(hidden, *args):
+        projected.append(hidden.reshape(-1, hidden.shape[-1]).shape[0])
+        return apply(hidden, *args)
+
+    monkeypatch.setattr(trl_utils._ChunkedLogProbFunction, "apply", spy)
+    original = trl_utils._use_triton
+    ours = train.train_lora(rows, tmp_path / "ours", hf_weights, cfg, seed=0)
+    monkeypatch.setattr(train, "_labelled_positions_only", contextlib.nullcontext)
+    every = train.train_lora(rows, tmp_path / "every", hf_weights, cfg, seed=0)
+    assert trl_utils._use_triton is original  # put back after training
+    assert len(projected) == 2 and projected[0] < projected[1] / 4, projected  # labels are a few of the tokens
+    assert ours.train_loss == pytest.approx(every.train_loss, abs=1e-4)
+
+
 def test_two_ddp_processes_train_the_same_steps_to_nearly_the_same_loss(hf_weights, tmp_path):
     # torchrun + gloo on the CPU: the same code path that spreads a training over several GPUs
     from humpback_lite.recipe import TrainConfig
