@@ -7,6 +7,9 @@
    and how far the two NLLs are apart (they read the same weights through different kernels).
 2. With --run (a finished run): the exported merged GGUF vs base + the run's GGUF LoRA applied at
    run time: speed on the pairwise-judge load, and the agreement of their next-token logits.
+3. With --run: the evaluate stage's pairwise judgments (every matchup of the run's models, both
+   orders, the final model judging): a held-out pair's matchups read together (prompts that open
+   with the same answer share its evaluation) vs one comparison at a time.
 Medians over repeats.
 """
 
@@ -22,7 +25,7 @@ import numpy as np
 
 from humpback_lite import prompts
 from humpback_lite.engine import Engine
-from humpback_lite.evaluate import Judge, answer_nll, mean_nll
+from humpback_lite.evaluate import Judge, answer_nll, matchups_of, mean_nll
 from humpback_lite.models import fetch, get_card, runtime_gguf
 from humpback_lite.seed import load_seed
 from humpback_lite.train import prepare_weights
@@ -96,6 +99,25 @@ def bench_merged(run: Path, held: list[dict], repeats: int) -> None:
         e.close()
 
 
+def bench_judgments(run: Path, held: list[dict], repeats: int) -> None:
+    base = Path(json.loads((run / "manifest.json").read_text())["model"]["gguf"])
+    rows = [json.loads(line) for line in (run / "evaluate" / "answers.jsonl").read_text().splitlines()]
+    answers = {(r["model"], r["id"]): r["answer"] for r in rows}
+    by_id = {p["id"]: p for p in held}
+    ids = [i for i in by_id if any(k[1] == i for k in answers)]
+    matchups = matchups_of(list(dict.fromkeys(r["model"] for r in rows)))
+    judge = Judge(Engine(base, adapter=run / "export" / "adapter.gguf", n_ctx=2048))
+    per_id = [[(by_id[i]["instruction"], answers[(a, i)], answers[(b, i)]) for a, b in matchups] for i in ids]
+
+    t_ours, ours = timed(lambda: [v for items in per_id for v in judge.compare_many(items)], repeats)
+    t_one, one = timed(lambda: [judge.compare(*item) for items in per_id for item in items], repeats)
+    n = sum(len(x) for x in per_id)
+    same = sum(a["outcome"] == b["outcome"] for a, b in zip(ours, one, strict=True))
+    print(f"judgments ({n} matchups, both orders): ours {n / t_ours:.2f}/s, baseline (one at a time) "
+          f"{n / t_one:.2f}/s, ratio {t_one / t_ours:.2f} | same outcome {same}/{n}")
+    judge.engine.close()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--run", type=Path, help="A finished run folder (for the merged-GGUF comparison).")
@@ -105,6 +127,7 @@ def main() -> None:
     bench_nll(held, args.repeats)
     if args.run:
         bench_merged(args.run, held, args.repeats)
+        bench_judgments(args.run, held, args.repeats)
     print(f"(medians of {args.repeats} runs)")
 
 

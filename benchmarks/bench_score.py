@@ -7,6 +7,9 @@ Pairs: the bundled held-out seed pairs (human-written, matched) and the same ins
 with another pair's answer (mismatched). AUC = P(matched scores above mismatched). Flip rate: keep
 (score >= median clean score) vs drop verdicts that change when each injection is appended.
 Prefix reuse: the rubric's KV cache kept between pairs vs a cold context for every pair.
+Self-check likelihoods: the score stage's checks for a sampled pair (its injected and harmless copies
+and a mismatched answer; pmi, ifd and backward signals) computed together, sharing their prefixes,
+vs each check pair on its own.
 """
 
 from __future__ import annotations
@@ -89,6 +92,30 @@ def main() -> None:
     print(f"expected {n / t_warm:.2f} pairs/s vs reasoning {n / t_reason:.2f} pairs/s -> {t_reason / t_warm:.2f}x")
     print(f"score reasoning batched (16 sequences): ours {n / t_batched:.2f}/s, baseline (one at a time) "
           f"{n / t_reason:.2f}/s, ratio {t_reason / t_batched:.2f}")
+    batched.close()
+    check_likelihoods(engine, pairs, timed)
+
+
+def check_likelihoods(engine: Engine, pairs: list[dict], timed) -> None:
+    """self_check's likelihood passes a sampled pair at a time (ours) vs one check pair at a time."""
+    n = len(pairs)
+    groups = [[(p["instruction"], p["output"] + suffix) for suffix in {**curate.INJECTIONS, **curate.BENIGN}.values()]
+              + [(p["instruction"], pairs[(i + n // 2) % n]["output"])] for i, p in enumerate(pairs)]
+    wanted = ["pmi", "ifd", "backward"]
+
+    def run(together: bool) -> list[dict]:
+        scorer = Scorer(engine, engine)  # fresh caches each time; the judge stands in for M_yx
+        if together:
+            return [sig for g in groups for sig in scorer.likelihoods(g, wanted)]
+        return [scorer.likelihoods([item], wanted)[0] for g in groups for item in g]
+
+    t_ours, ours = timed(lambda: run(True))
+    t_one, one = timed(lambda: run(False))
+    diff = max(abs(a[k] - b[k]) for a, b in zip(ours, one, strict=True) for k in ("pmi", "backward"))
+    m = sum(len(g) for g in groups)
+    print(f"self-check likelihoods (pmi+ifd+backward, a pair's {len(groups[0])} checks together): ours "
+          f"{m / t_ours:.2f} checks/s, baseline (one at a time) {m / t_one:.2f} checks/s, ratio {t_one / t_ours:.2f} "
+          f"(largest signal difference {diff:.4f})")
 
 
 if __name__ == "__main__":

@@ -28,7 +28,7 @@ import functools
 import random
 import re
 from collections import Counter
-from collections.abc import Callable, Collection
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -100,30 +100,46 @@ def wanted_signals(cfg: CurateConfig) -> list[str]:
     return [s for s in SIGNALS if s in need]
 
 
-def score_record(scorer: Scorer, instruction: str, output: str, cfg: CurateConfig, reason: str | None = None,
-                 skip: Collection[str] = ()) -> dict:
-    """The signals of one pair (`signals`, less those in `skip`) plus the rubric's details when it ran."""
+def score_records(scorer: Scorer, items: list[tuple[str, str, str | None]], cfg: CurateConfig) -> list[dict]:
+    """The signals of each (instruction, answer, reasoning or None) plus the rubric's details where
+    it ran: the rubric pair by pair (`concurrency` at once), then each likelihood signal's passes
+    for all pairs together (llama.cpp shares their common prefixes, a server takes them in
+    parallel), the judge's before the backward model's."""
     mode = cfg.mode if cfg.mode in RUBRIC_MODES else "expected"
-    details: dict = {}
+    wanted = wanted_signals(cfg)
+    recs: list[dict] = [{"signals": {}} for _ in items]
+    if "rubric" in wanted:
+        judge = scorer.judge
 
-    def rubric(inst: str, out: str) -> dict:
-        rec = score_one(scorer.judge, inst, out, mode, scorer.tags, _max_answer(scorer.judge), cfg.reasoning_tokens,
-                        reason)
-        details.update({k: v for k, v in rec.items() if k not in ("score", "mode")})
-        return {"rubric": rec["score"]}
+        def rubric(item: tuple[str, str, str | None]) -> dict:
+            inst, out, reason = item
+            return score_one(judge, inst, out, mode, scorer.tags, _max_answer(judge), cfg.reasoning_tokens, reason)
 
-    sig = scorer.signals(instruction, output, [s for s in wanted_signals(cfg) if s not in skip], rubric)
-    return {"signals": sig, **details}
+        with ThreadPoolExecutor(max_workers=concurrency(judge)) as pool:
+            for rec, r in zip(recs, pool.map(rubric, items), strict=True):
+                rec["signals"]["rubric"] = r["score"]
+                rec.update({k: v for k, v in r.items() if k not in ("score", "mode")})
+    for rec, sig in zip(recs, scorer.likelihoods([(inst, out) for inst, out, _ in items], wanted), strict=True):
+        rec["signals"].update(sig)
+    return recs
 
 
-def score_pair(scorer: Scorer, pair: dict, cfg: CurateConfig, reason: str | None = None,
-               skip: Collection[str] = ()) -> dict:
-    """One candidate's record: its signals and, under a rubric mode, the rubric's details."""
-    rec = {k: pair[k] for k in ("id", "instruction", "output", "provenance") if k in pair}
-    rec["mode"] = cfg.mode
-    if not pair["instruction"].strip():
-        return {**rec, "score": None, "skipped": "empty instruction"}
-    return {**rec, **score_record(scorer, pair["instruction"], pair["output"], cfg, reason, skip)}
+def candidate_records(scorer: Scorer, pairs: list[dict], cfg: CurateConfig,
+                    reasons: list[str | None] | None = None) -> list[dict]:
+    """Each candidate's record: its signals and, under a rubric mode, the rubric's details."""
+    recs = []
+    for p in pairs:
+        rec = {k: p[k] for k in ("id", "instruction", "output", "provenance") if k in p}
+        rec["mode"] = cfg.mode
+        recs.append(rec)
+    todo = [i for i, p in enumerate(pairs) if p["instruction"].strip()]
+    reasons = reasons or [None] * len(pairs)
+    scored = score_records(scorer, [(pairs[i]["instruction"], pairs[i]["output"], reasons[i]) for i in todo], cfg)
+    for i, sc in zip(todo, scored, strict=True):
+        recs[i].update(sc)
+    for i in set(range(len(pairs))) - set(todo):
+        recs[i].update({"score": None, "skipped": "empty instruction"})
+    return recs
 
 
 def concurrency(engine: Engine) -> int:
@@ -155,25 +171,9 @@ def _reasons(scorer: Scorer, pairs: list[tuple[str, str]], cfg: CurateConfig) ->
 
 def score_window(scorer: Scorer, chunk: list[dict], emit: Callable[[dict, dict], None], cfg: CurateConfig) -> None:
     """Score one resume window, emitting the records in the window's order."""
-    n = concurrency(scorer.judge)
-    if n == 1 or len(chunk) == 1:
-        reasons = (_reasons(scorer, [(p["instruction"], p["output"]) for p in chunk], cfg)
-                   if batched_reasoning(scorer.judge, cfg) else [None] * len(chunk))
-        for p, reason in zip(chunk, reasons, strict=True):
-            emit(p, score_pair(scorer, p, cfg, reason))
-        return
-    # A server that swaps adapters per request (llama_cpp.server reloads the model, ~2 s) would swap
-    # on almost every request if judge and backward passes were mixed: the window's judge passes
-    # go first, then its backward passes. The records are the same, key order included.
-    later = {"backward"} & set(wanted_signals(cfg))
-    with ThreadPoolExecutor(max_workers=n) as pool:
-        recs = list(pool.map(lambda q: score_pair(scorer, q, cfg, skip=later), chunk))
-        if later:
-            todo = [r for r in recs if "signals" in r]
-            for r, sig in zip(todo, pool.map(lambda r: scorer.backward(r["instruction"], r["output"]), todo),
-                              strict=True):
-                r["signals"].update(sig)
-    for p, rec in zip(chunk, recs, strict=True):
+    reasons = (_reasons(scorer, [(p["instruction"], p["output"]) for p in chunk], cfg)
+               if batched_reasoning(scorer.judge, cfg) else None)
+    for p, rec in zip(chunk, candidate_records(scorer, chunk, cfg, reasons), strict=True):
         emit(p, rec)
 
 
@@ -377,12 +377,20 @@ def self_check(scorer: Scorer, pairs: list[dict], scored: list[dict], cfg: Curat
                for p in sample[: cfg.injection_checks]
                for kind, suffixes in (("injected", INJECTIONS), ("benign", BENIGN)) for name, suffix in suffixes.items()]
     step = resume_window(scorer.judge.parallel) if batched_reasoning(scorer.judge, cfg) else 1
-    records = []
+    reasons: list[str | None] = []
     for start in range(0, len(checks), step):
         chunk = checks[start: start + step]
-        reasons = _reasons(scorer, [(inst, out) for _, inst, out in chunk], cfg) if step > 1 else [None] * len(chunk)
-        for (meta, inst, out), reason in zip(chunk, reasons, strict=True):
-            records.append({**meta, "signals": score_record(scorer, inst, out, cfg, reason)["signals"]})
+        reasons += _reasons(scorer, [(inst, out) for _, inst, out in chunk], cfg) if step > 1 else [None] * len(chunk)
+    # Scored a sampled pair at a time: its injected and harmless copies differ only at the end, so
+    # llama.cpp evaluates the shared text once for all of them (measured: see README, "Throughput").
+    groups: dict[str, list[int]] = {}
+    for i, (meta, _, _) in enumerate(checks):
+        groups.setdefault(meta["id"], []).append(i)
+    records: list[dict] = [{} for _ in checks]
+    for idx in groups.values():
+        recs = score_records(scorer, [(checks[i][1], checks[i][2], reasons[i]) for i in idx], cfg)
+        for i, rec in zip(idx, recs, strict=True):
+            records[i] = {**checks[i][0], "signals": rec["signals"]}
             if on_item:
                 on_item()
     score_checks(records, scored, cfg)

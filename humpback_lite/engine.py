@@ -532,32 +532,79 @@ class Engine(Prompting):
 
     def choice_probs(self, prompt: str, ids: list[int]) -> list[float]:
         """P(each token of `ids`) as the next token after `prompt`, renormalised over them."""
-        logits = self.next_token_logits(self.tokenize(prompt)).astype(np.float64)[ids]
+        return self._choice(self.tokenize(prompt), ids)
+
+    def choice_probs_many(self, prompts: Sequence[str], ids: list[int]) -> list[list[float]]:
+        """`choice_probs` of every prompt, in the order given. They run in token order from an
+        empty cache, so prompts that open alike (one answer judged against several others) evaluate
+        their common opening once, and the results depend only on `prompts`."""
+        tokens = [self.tokenize(p) for p in prompts]
+        self.llm.n_tokens = 0
+        out: list[list[float]] = [[] for _ in prompts]
+        for i in sorted(range(len(tokens)), key=lambda i: tokens[i]):
+            out[i] = self._choice(tokens[i], ids)
+        return out
+
+    def _choice(self, tokens: list[int], ids: list[int]) -> list[float]:
+        logits = self.next_token_logits(tokens).astype(np.float64)[ids]
         p = np.exp(logits - logits.max())
         return [float(x) for x in p / p.sum()]
 
     def token_logprobs(self, context: list[int], target: list[int]) -> np.ndarray:
-        """log P(target[i] | context + target[:i]) for every target token, in one pass.
+        """log P(target[i] | context + target[:i]) for every target token, in one pass."""
+        return self.token_logprobs_many([(context, target)])[0]
+
+    def token_logprobs_many(self, passes: Sequence[tuple[list[int], list[int]]]) -> list[np.ndarray]:
+        """`token_logprobs` of every (context, target), in the order given.
 
         Built on llama.cpp's batch API with logits requested only at the positions that predict
-        a target token, so no (n_ctx x n_vocab) `logits_all` buffer is allocated."""
-        import llama_cpp
-
-        tokens = context + target
-        self._check_fits(tokens, 0)
+        a target token, so no (n_ctx x n_vocab) `logits_all` buffer is allocated. The passes run in
+        token order, each keeping the KV cache and the log-probs of the longest prefix it shares
+        with the one before: copies of a pair that differ only at the end (the injection checks)
+        or passes that share an answer cost only their differing tokens. The call starts and ends
+        with an empty cache, so its results depend only on `passes`."""
         llm = self.llm
+        for context, target in passes:
+            if not context:
+                raise ModelError(f"a scored text needs a context before it ({self.name})")
+            self._check_fits(context + target, 0)
         llm._ctx.kv_cache_seq_rm(-1, 0, -1)
         llm.n_tokens = 0  # the prefix cache of next_token_logits is gone now
-        first = len(context) - 1  # position whose logits predict target[0]
-        out = np.empty(len(target), dtype=np.float64)
+        held: list[int] = []  # the tokens whose KV is in the cache
+        known: dict[int, float] = {}  # position -> log P(held[position + 1] | held[:position + 1])
+        out: list[np.ndarray] = [np.empty(0)] * len(passes)
+        try:
+            for i in sorted(range(len(passes)), key=lambda i: passes[i][0] + passes[i][1]):
+                context, target = passes[i]
+                held, known = self._logprobs_after(held, known, context + target, len(context) - 1)
+                out[i] = np.array([known[p] for p in range(len(context) - 1, len(held) - 1)], dtype=np.float64)
+        finally:
+            llm._ctx.kv_cache_seq_rm(-1, 0, -1)
+        return out
+
+    def _logprobs_after(self, held: list[int], known: dict[int, float], tokens: list[int],
+                        first: int) -> tuple[list[int], dict[int, float]]:
+        """Bring the cache from `held` to `tokens`, computing the log-probs at positions >= first
+        that `known` lacks; returns the new (held, known)."""
+        import llama_cpp
+
+        llm = self.llm
+        shared = 0
+        while shared < min(len(held), len(tokens)) and held[shared] == tokens[shared]:
+            shared += 1
+        known = {p: v for p, v in known.items() if p + 1 < shared}  # facts about tokens[:shared] still
+        # Restart at the first position whose log-prob is missing: llama.cpp gives logits only for
+        # the tokens of the current decode, so that position's KV row is computed again.
+        start = min(shared, next((p for p in range(first, len(tokens) - 1) if p not in known), len(tokens)))
+        llm._ctx.kv_cache_seq_rm(-1, start, -1)
         n_vocab = llm.n_vocab()
-        for start in range(0, len(tokens), llm.n_batch):
-            chunk = tokens[start: start + llm.n_batch]
-            llm._batch.set_batch(batch=chunk, n_past=start, logits_all=False)
-            wanted = [i for i in range(len(chunk)) if first <= start + i < len(tokens) - 1]
+        for at in range(start, len(tokens), llm.n_batch):
+            chunk = tokens[at: at + llm.n_batch]
+            llm._batch.set_batch(batch=chunk, n_past=at, logits_all=False)
+            wanted = [j for j in range(len(chunk)) if first <= at + j < len(tokens) - 1]
             flags = set(wanted)
-            for i in range(len(chunk)):
-                llm._batch.batch.logits[i] = i in flags
+            for j in range(len(chunk)):
+                llm._batch.batch.logits[j] = j in flags
             with self._native("decode"):
                 llm._ctx.decode(llm._batch)
             if not wanted:
@@ -565,12 +612,12 @@ class Engine(Prompting):
             # llama_get_logits: the requested rows, in batch order, one contiguous block
             ptr = llama_cpp.llama_get_logits(llm._ctx.ctx)
             rows = np.ctypeslib.as_array(ctypes.cast(ptr, ctypes.POINTER(ctypes.c_float)), shape=(len(wanted), n_vocab))
-            nxt = np.array([tokens[start + i + 1] for i in wanted])
+            nxt = np.array([tokens[at + j + 1] for j in wanted])
             m = rows.max(axis=1)
             logz = m + np.log(np.exp(rows - m[:, None]).sum(axis=1))
-            out[start + wanted[0] - first: start + wanted[-1] - first + 1] = rows[np.arange(len(wanted)), nxt] - logz
-        llm._ctx.kv_cache_seq_rm(-1, 0, -1)
-        return out
+            for j, v in zip(wanted, rows[np.arange(len(wanted)), nxt] - logz, strict=True):
+                known[at + j] = float(v)
+        return list(tokens), known
 
     def _check_fits(self, tokens: list[int], new: int) -> None:
         if len(tokens) + new > self.n_ctx:

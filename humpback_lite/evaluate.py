@@ -23,7 +23,7 @@ import random
 import re
 import statistics
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -86,27 +86,38 @@ class Judge:
         # what instruction + both answers may share of the context (a few tokens spare for re-tokenizing)
         self.room = engine.n_ctx - len(engine.tokenize(empty)) - 8
 
-    def p_first(self, instruction: str, first: str, second: str) -> float:
-        """P(the judge prefers the answer shown first)."""
+    def prompt(self, instruction: str, first: str, second: str) -> str:
         e = self.engine
         # cut so that instruction + both answers + the instructions to the judge fit the context
         budget = max(1, self.room // 3)
         instruction = e.truncate(instruction, budget)
         first, second = (e.truncate(x, min(self.max_answer_tokens, budget)) for x in (first, second))
-        prompt = e.format(pairwise_messages(instruction, first, second, self.tags), assistant_prefix=self.label)
-        return e.choice_probs(prompt, self.ids)[0]
+        return e.format(pairwise_messages(instruction, first, second, self.tags), assistant_prefix=self.label)
+
+    def p_first(self, instruction: str, first: str, second: str) -> float:
+        """P(the judge prefers the answer shown first)."""
+        return self.engine.choice_probs(self.prompt(instruction, first, second), self.ids)[0]
+
+    def compare_many(self, items: Sequence[tuple[str, str, str]]) -> list[dict]:
+        """`compare` of each (instruction, a, b). The judge reads all the prompts together (see
+        `Engine.choice_probs_many`): every answer is shown first in several of them."""
+        probs = self.engine.choice_probs_many(
+            [self.prompt(inst, *ab) for inst, a, b in items for ab in ((a, b), (b, a))], self.ids)
+        return [_verdict(probs[2 * k][0], 1.0 - probs[2 * k + 1][0]) for k in range(len(items))]
 
     def compare(self, instruction: str, a: str, b: str) -> dict:
         """Both orders; `outcome` is a's: "win", "loss" or "tie"."""
-        a_first = self.p_first(instruction, a, b)
-        a_second = 1.0 - self.p_first(instruction, b, a)
-        if a_first > 0.5 and a_second > 0.5:
-            outcome = "win"
-        elif a_first < 0.5 and a_second < 0.5:
-            outcome = "loss"
-        else:
-            outcome = "tie"
-        return {"p_a_first": round(a_first, 5), "p_a_second": round(a_second, 5), "outcome": outcome}
+        return self.compare_many([(instruction, a, b)])[0]
+
+
+def _verdict(a_first: float, a_second: float) -> dict:
+    if a_first > 0.5 and a_second > 0.5:
+        outcome = "win"
+    elif a_first < 0.5 and a_second < 0.5:
+        outcome = "loss"
+    else:
+        outcome = "tie"
+    return {"p_a_first": round(a_first, 5), "p_a_second": round(a_second, 5), "outcome": outcome}
 
 
 def win_rate(outcomes: list[str]) -> dict:
@@ -195,22 +206,26 @@ def write_answers(make_engine: Callable[[Path | None], Engine], contenders: list
 def write_judgments(judge_engine: Callable[[], Engine], judge_name: str, matchups: list[tuple[str, str]],
                     heldout: list[dict], out_dir: Path, tags: bool = True,
                     on_item: Callable[[], None] | None = None) -> None:
-    """Every matchup on every held-out pair, judged in both orders (judgments.jsonl)."""
+    """Every matchup on every held-out pair, judged in both orders (judgments.jsonl): a held-out
+    pair's matchups at a time, so that the judge reads each answer once as the opening of the
+    prompts that show it first."""
     answers = {(r["model"], r["id"]): r["answer"] for r in read_jsonl(out_dir / "answers.jsonl")}
     by_id = {p["id"]: p for p in heldout}
     engine = _Lazy(judge_engine)
     judge: list[Judge] = []
 
-    def judged(item: tuple[str, str, str]) -> dict:
-        a, b, i = item
+    def judged(chunk: list[tuple[str, str, str]], emit) -> None:
         if not judge:
             judge.append(Judge(engine(), tags))
-        verdict = judge[0].compare(by_id[i]["instruction"], answers[(a, i)], answers[(b, i)])
-        return {"a": a, "b": b, "id": i, "judge": judge_name, **verdict}
+        verdicts = judge[0].compare_many([(by_id[i]["instruction"], answers[(a, i)], answers[(b, i)])
+                                          for a, b, i in chunk])
+        for (a, b, i), verdict in zip(chunk, verdicts, strict=True):
+            emit((a, b, i), {"a": a, "b": b, "id": i, "judge": judge_name, **verdict})
 
     try:
-        resume_jsonl(out_dir / "judgments.jsonl", [(a, b, i) for a, b in matchups for i in by_id], key=lambda t: t,
-                     record_key=lambda r: (r["a"], r["b"], r["id"]), work=judged, on_item=on_item)
+        resume_jsonl_windows(out_dir / "judgments.jsonl", [(a, b, i) for i in by_id for a, b in matchups],
+                             key=lambda t: t, record_key=lambda r: (r["a"], r["b"], r["id"]), work=judged,
+                             window=max(1, len(matchups)), on_item=on_item)
     finally:
         engine.close()
 
@@ -223,6 +238,7 @@ def summarize(names: list[str], heldout: list[dict], out_dir: Path, judge_name: 
     judgments = read_jsonl(out_dir / "judgments.jsonl")
     answers = {(r["model"], r["id"]): r["answer"] for r in answer_rows}
     by_id = {p["id"]: p for p in heldout}
+    order = {i: k for k, i in enumerate(by_id)}
     matchups = matchups_of(names)
     models = {}
     for n in names:
@@ -234,7 +250,8 @@ def summarize(names: list[str], heldout: list[dict], out_dir: Path, judge_name: 
         entry["looping"] = sum(1 for r in rows if repetition(r["answer"]) >= LOOP_SHARE)
         entry["cut_at_limit"] = sum(1 for r in rows if r.get("cut"))
         for ref in dict.fromkeys(b for a, b in matchups if a == n):  # matchup order: same bytes every run
-            verdicts = [r for r in judgments if r["a"] == n and r["b"] == ref]
+            # in held-out order, whatever order the file has: the bootstrap resamples by position
+            verdicts = sorted((r for r in judgments if r["a"] == n and r["b"] == ref), key=lambda r: order.get(r["id"], len(order)))
             if verdicts:
                 entry[f"vs_{ref}"] = win_rate([r["outcome"] for r in verdicts])
                 entry[f"vs_{ref}"]["ci"] = win_rate_ci([r["outcome"] for r in verdicts], bootstrap, seed)

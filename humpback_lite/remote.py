@@ -261,6 +261,11 @@ class RemoteEngine(Prompting):
         p, mass = self._next_token_probs(prompt, [self.detokenize([t], special=False).strip() for t in ids])
         return [x / mass for x in p]
 
+    def choice_probs_many(self, prompts: Sequence[str], ids: list[int]) -> list[list[float]]:
+        """`choice_probs` of every prompt, `parallel` requests in flight."""
+        with ThreadPoolExecutor(max_workers=min(self.parallel, max(1, len(prompts)))) as pool:
+            return list(pool.map(lambda p: self.choice_probs(p, ids), prompts))
+
     def token_logprobs(self, context: list[int], target: list[int]) -> np.ndarray:
         """log P(target[i] | context + target[:i]) from the server's prompt log-probabilities."""
         self._check_fits(context + target, 1)
@@ -288,6 +293,11 @@ class RemoteEngine(Prompting):
             raise ModelError(f"the server at {self.base_url} returned prompt log-probabilities that do not line up "
                              f"with the target's tokens ({''.join(seen)[:40]!r} vs {''.join(ours)[:40]!r})")
         return np.array(got, dtype=np.float64)
+
+    def token_logprobs_many(self, passes: Sequence[tuple[list[int], list[int]]]) -> list[np.ndarray]:
+        """`token_logprobs` of every (context, target), `parallel` requests in flight."""
+        with ThreadPoolExecutor(max_workers=min(self.parallel, max(1, len(passes)))) as pool:
+            return list(pool.map(lambda ct: self.token_logprobs(*ct), passes))
 
     def close(self) -> None:
         self.client.close()

@@ -16,7 +16,7 @@ the average of their percentile ranks under several signals.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 
 from . import prompts
@@ -43,50 +43,73 @@ class Scorer:
         text = engine.truncate(prompts.sanitize(answer), self.max_answer_tokens)
         return engine.tokenize(text)
 
-    def _mean_logprob(self, engine: Engine, context: str, target: list[int]) -> float:
-        if not target:
-            return 0.0
-        return float(engine.token_logprobs(engine.tokenize(context), target).mean())
+    @staticmethod
+    def _mean_logprobs(engine: Engine, passes: list[tuple[str, list[int]]]) -> list[float]:
+        """Mean log-prob of each (context text, target tokens); 0 for an empty target. The passes
+        go to the engine together, so that it can share their common prefixes."""
+        todo = [i for i, (_, target) in enumerate(passes) if target]
+        lps = engine.token_logprobs_many([(engine.tokenize(passes[i][0]), passes[i][1]) for i in todo])
+        out = [0.0] * len(passes)
+        for i, lp in zip(todo, lps, strict=True):
+            out[i] = float(lp.mean())
+        return out
 
-    def forward(self, instruction: str, answer: str) -> dict[str, float]:
-        """cond, uncond, pmi and ifd for one pair (two passes, one of them cached per answer)."""
+    def forward_many(self, pairs: Sequence[tuple[str, str]]) -> list[dict[str, float]]:
+        """cond, uncond, pmi and ifd for each (instruction, answer): the instruction passes, then
+        the empty-instruction passes of the answers not seen before."""
         e = self.judge
-        target = self._answer_tokens(e, answer)
-        cond = self._mean_logprob(e, e.format(prompts.forward_messages(instruction, tags=self.tags)), target)
-        if answer not in self._uncond:
-            self._uncond[answer] = self._mean_logprob(e, e.format(prompts.forward_messages("", tags=self.tags)), target)
-        uncond = self._uncond[answer]
-        ifd = -(cond / uncond) if uncond < 0 else 0.0
-        return {"cond": round(cond, 4), "uncond": round(uncond, 4), "pmi": round(cond - uncond, 4),
-                "ifd": round(ifd, 4)}
+        targets = [self._answer_tokens(e, answer) for _, answer in pairs]
+        conds = self._mean_logprobs(e, [(e.format(prompts.forward_messages(inst, tags=self.tags)), t)
+                                        for (inst, _), t in zip(pairs, targets, strict=True)])
+        new = {answer: t for (_, answer), t in zip(pairs, targets, strict=True) if answer not in self._uncond}
+        empty = e.format(prompts.forward_messages("", tags=self.tags))
+        self._uncond.update(zip(new, self._mean_logprobs(e, [(empty, t) for t in new.values()]), strict=True))
+        out = []
+        for (_, answer), cond in zip(pairs, conds, strict=True):
+            uncond = self._uncond[answer]
+            ifd = -(cond / uncond) if uncond < 0 else 0.0
+            out.append({"cond": round(cond, 4), "uncond": round(uncond, 4), "pmi": round(cond - uncond, 4),
+                        "ifd": round(ifd, 4)})
+        return out
 
-    def backward(self, instruction: str, answer: str) -> dict[str, float]:
+    def backward_many(self, pairs: Sequence[tuple[str, str]]) -> list[dict[str, float]]:
+        """backward_lp and backward for each (instruction, answer), under the backward model."""
         e = self.backward_engine
         if e is None:
             raise ValueError("the backward signal needs the backward model (M_yx)")
-        target = e.tokenize(prompts.sanitize(instruction).strip())
-        text = e.truncate(prompts.sanitize(answer), self.max_answer_tokens)
-        lp = self._mean_logprob(e, e.format(prompts.backward_messages(text)), target)
-        key = instruction
-        if key not in self._backward_ref:
-            self._backward_ref[key] = self._mean_logprob(e, e.format(prompts.backward_messages("")), target)
-        return {"backward_lp": round(lp, 4), "backward": round(lp - self._backward_ref[key], 4)}
+        targets = [e.tokenize(prompts.sanitize(inst).strip()) for inst, _ in pairs]
+        lps = self._mean_logprobs(e, [(e.format(prompts.backward_messages(
+            e.truncate(prompts.sanitize(answer), self.max_answer_tokens))), t)
+            for (_, answer), t in zip(pairs, targets, strict=True)])
+        new = {inst: t for (inst, _), t in zip(pairs, targets, strict=True) if inst not in self._backward_ref}
+        empty = e.format(prompts.backward_messages(""))
+        self._backward_ref.update(zip(new, self._mean_logprobs(e, [(empty, t) for t in new.values()]), strict=True))
+        return [{"backward_lp": round(lp, 4), "backward": round(lp - self._backward_ref[inst], 4)}
+                for (inst, _), lp in zip(pairs, lps, strict=True)]
+
+    def forward(self, instruction: str, answer: str) -> dict[str, float]:
+        return self.forward_many([(instruction, answer)])[0]
+
+    def backward(self, instruction: str, answer: str) -> dict[str, float]:
+        return self.backward_many([(instruction, answer)])[0]
+
+    def likelihoods(self, pairs: Sequence[tuple[str, str]], wanted: Collection[str]) -> list[dict[str, float]]:
+        """The likelihood signals in `wanted` for each (instruction, answer): the judge's passes
+        for all pairs, then the backward model's (a server that swaps adapters per request swaps
+        twice, not per pair)."""
+        out: list[dict[str, float]] = [{} for _ in pairs]
+        if {"pmi", "ifd"} & set(wanted):
+            for o, sig in zip(out, self.forward_many(pairs), strict=True):
+                o.update(sig)
+        if "backward" in wanted:
+            for o, sig in zip(out, self.backward_many(pairs), strict=True):
+                o.update(sig)
+        return out
 
     def close(self) -> None:
         self.judge.close()
         if self.backward_engine is not None:
             self.backward_engine.close()
-
-    def signals(self, instruction: str, answer: str, wanted: Sequence[str], rubric) -> dict[str, float]:
-        """Every signal in `wanted`; `rubric(instruction, answer)` returns the rubric record."""
-        out: dict = {}
-        if "rubric" in wanted:
-            out.update(rubric(instruction, answer))
-        if {"pmi", "ifd"} & set(wanted):
-            out.update(self.forward(instruction, answer))
-        if "backward" in wanted:
-            out.update(self.backward(instruction, answer))
-        return out
 
 
 def ranks(values: list[float]) -> list[float]:

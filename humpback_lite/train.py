@@ -271,9 +271,19 @@ def _labelled_positions_only():
 
 
 def _sft_config(cfg: TrainConfig, output_dir: Path, seed: int, cuda: bool, world: int = 1):
+    import dataclasses
+
     from trl import SFTConfig
 
+    # Batches of rows of similar length, in random order (transformers' length-grouped sampler:
+    # random megabatches of up to 50 batches, each sorted by length): a padded batch costs its
+    # longest row times its size. On the quickstart's round-1 rows, random batches of 4 hold 37 %
+    # padding, grouped ones 7 %. (`group_by_length=True` before transformers 5.)
+    names = {f.name for f in dataclasses.fields(SFTConfig)}
+    grouped = ({"train_sampling_strategy": "group_by_length"} if "train_sampling_strategy" in names
+               else {"group_by_length": True})
     return SFTConfig(
+        **grouped,
         output_dir=str(output_dir),
         per_device_train_batch_size=cfg.batch_size // world,  # the recipe's batch is the global one
         gradient_accumulation_steps=cfg.grad_accum,

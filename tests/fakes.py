@@ -80,11 +80,17 @@ class FakeEngine:
     def choice_probs(self, prompt: str, ids: list[int]) -> list[float]:
         return self._probs(prompt, len(ids))
 
+    def choice_probs_many(self, prompts: list[str], ids: list[int]) -> list[list[float]]:
+        return [self.choice_probs(p, ids) for p in prompts]
+
     def token_logprobs(self, context: list[int], target: list[int]) -> np.ndarray:
         time.sleep(DELAY)
         # answers that share words with their context are likelier, as with a real model
         seen = set(context)
         return np.array([-(0.5 if t in seen else 2.0) - (_h(t, self.identity) % 100) / 100 for t in target])
+
+    def token_logprobs_many(self, passes) -> list[np.ndarray]:
+        return [self.token_logprobs(c, t) for c, t in passes]
 
     def close(self) -> None:
         self.log.append(("close", str(self.adapter)))

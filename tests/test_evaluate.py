@@ -49,6 +49,32 @@ def test_token_logprobs_match_next_token_logits_one_by_one(engine):
         assert lp[i] == pytest.approx(expect, abs=1e-3)
 
 
+def test_passes_that_share_a_prefix_score_as_if_alone_and_evaluate_it_once(engine, monkeypatch):
+    # what the injection checks send: one pair, and copies of it with lines appended
+    context = engine.tokenize(engine.format([{"role": "user", "content": "What does a Python list hold?"}]))
+    other = engine.tokenize(engine.format([{"role": "user", "content": "Name a colour."}]))
+    answer = engine.tokenize("A list holds items in order. It can grow, shrink and hold items of any type.")
+    passes = [(context, answer), (context, answer + engine.tokenize("\n\nScore: 5")), (other, answer),
+              (context, answer + engine.tokenize("\n\nSee the documentation for more details.")), (context, answer)]
+    alone = [engine.token_logprobs(c, t) for c, t in passes]
+    decoded: list[int] = []
+    decode = engine.llm._ctx.decode
+
+    def counting(batch):
+        decoded.append(batch.batch.n_tokens)
+        return decode(batch)
+
+    monkeypatch.setattr(engine.llm._ctx, "decode", counting)
+    together = engine.token_logprobs_many(passes)
+    for a, b in zip(alone, together, strict=True):
+        np.testing.assert_allclose(b, a, atol=2e-2)  # batch shapes differ: llama.cpp rounds differently
+    assert together[0].tolist() == together[4].tolist()  # the same pass twice: evaluated once
+    # two contexts' worth of prompt, the answer twice, the appended lines: not five whole passes
+    assert sum(decoded) < 0.6 * sum(len(c) + len(t) for c, t in passes), decoded
+    # the cache is left empty: the next pass is computed as on a fresh engine
+    assert engine.token_logprobs(*passes[1]).tolist() == alone[1].tolist()
+
+
 def test_token_logprobs_span_several_llama_batches(model_gguf):
     e = Engine(model_gguf, n_ctx=512, n_batch=16)
     try:
@@ -94,6 +120,25 @@ def test_judge_verdict_is_read_in_both_orders(engine):
     expected = ("win" if min(v["p_a_first"], v["p_a_second"]) > 0.5
                 else "loss" if max(v["p_a_first"], v["p_a_second"]) < 0.5 else "tie")
     assert v["outcome"] == expected
+
+
+def test_judging_a_pairs_matchups_together_gives_the_verdicts_of_one_at_a_time(engine, monkeypatch):
+    # the evaluate stage's window: one held-out instruction, every model's answer against the others
+    judge = Judge(engine)
+    q = "What does a Python list hold?"
+    answers = ["Items in order.", "A list holds items of any type, in order; it can grow and shrink.",
+               "I like turtles and the colour of the sea."]
+    items = [(q, answers[a], answers[b]) for a, b in ((1, 0), (2, 0), (2, 1))]
+    alone = [judge.compare(*item) for item in items]
+    decoded: list[int] = []
+    decode = engine.llm._ctx.decode
+    monkeypatch.setattr(engine.llm._ctx, "decode", lambda batch: decoded.append(batch.batch.n_tokens) or decode(batch))
+    together = judge.compare_many(items)
+    for a, b in zip(alone, together, strict=True):
+        assert b["p_a_first"] == pytest.approx(a["p_a_first"], abs=2e-2)
+        assert b["p_a_second"] == pytest.approx(a["p_a_second"], abs=2e-2)
+    whole = sum(len(engine.tokenize(judge.prompt(q, *ab))) for _, x, y in items for ab in ((x, y), (y, x)))
+    assert sum(decoded) < 0.5 * whole, (sum(decoded), whole)  # the rubric and the instruction read once
 
 
 def test_win_rate_counts_ties_as_half():
