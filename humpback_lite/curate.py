@@ -125,7 +125,7 @@ def score_records(scorer: Scorer, items: list[tuple[str, str, str | None]], cfg:
 
 
 def candidate_records(scorer: Scorer, pairs: list[dict], cfg: CurateConfig,
-                    reasons: list[str | None] | None = None) -> list[dict]:
+                      reasons: list[str | None] | None = None) -> list[dict]:
     """Each candidate's record: its signals and, under a rubric mode, the rubric's details."""
     recs = []
     for p in pairs:
