@@ -1,6 +1,6 @@
 """Evaluation and export, side by side with the plain alternative.
 
-    python benchmarks/bench_eval.py [--run runs/quickstart] [--repeats 3]
+    python benchmarks/bench_eval.py [--run runs/quickstart] [--repeats 3] [--judge-pairs 6]
 
 1. Held-out NLL of the 30 held-out seed answers: ours (llama.cpp, logits only at answer positions)
    vs a plain transformers bf16 forward pass with the prompt masked out. Prints pairs/s, the ratio,
@@ -99,12 +99,12 @@ def bench_merged(run: Path, held: list[dict], repeats: int) -> None:
         e.close()
 
 
-def bench_judgments(run: Path, held: list[dict], repeats: int) -> None:
+def bench_judgments(run: Path, held: list[dict], repeats: int, pairs: int) -> None:
     base = Path(json.loads((run / "manifest.json").read_text())["model"]["gguf"])
     rows = [json.loads(line) for line in (run / "evaluate" / "answers.jsonl").read_text().splitlines()]
     answers = {(r["model"], r["id"]): r["answer"] for r in rows}
     by_id = {p["id"]: p for p in held}
-    ids = [i for i in by_id if any(k[1] == i for k in answers)]
+    ids = [i for i in by_id if any(k[1] == i for k in answers)][:pairs]
     matchups = matchups_of(list(dict.fromkeys(r["model"] for r in rows)))
     judge = Judge(Engine(base, adapter=run / "export" / "adapter.gguf", n_ctx=2048))
     per_id = [[(by_id[i]["instruction"], answers[(a, i)], answers[(b, i)]) for a, b in matchups] for i in ids]
@@ -122,12 +122,13 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--run", type=Path, help="A finished run folder (for the merged-GGUF comparison).")
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--judge-pairs", type=int, default=6, help="held-out pairs whose matchups are judged")
     args = ap.parse_args()
     _, held = load_seed("builtin:seed", 30)
     bench_nll(held, args.repeats)
     if args.run:
         bench_merged(args.run, held, args.repeats)
-        bench_judgments(args.run, held, args.repeats)
+        bench_judgments(args.run, held, args.repeats, args.judge_pairs)
     print(f"(medians of {args.repeats} runs)")
 
 

@@ -5,8 +5,9 @@ defaults, on the same rows, the same LoRA and the same number of steps.
 
 Rows: the bundled seed pairs as forward rows (instruction -> answer), the quickstart's training
 settings (bf16 weights, batch 4, max_length 384, LoRA r=16 on every linear layer). Each line:
-`name: ours X tokens/s, baseline Y tokens/s, ratio Z`, medians over repeats, then the loss of both
-after the same steps (they must agree: only the speed may differ) and peak memory. With
+`name: ours X tokens/s, baseline Y tokens/s, ratio Z`, medians over repeats, then the loss after the
+same steps: ours with random batches must agree with TRL's (only the speed may differ); length-grouped
+batches (our default) put other rows in a step. Then peak memory. With
 `--processes N`: our trainer in N data-parallel processes (DDP under torchrun) vs in one, on the
 backward rows of the same pairs (~330 tokens), each process with cores / N threads.
 """
@@ -18,6 +19,7 @@ import resource
 import statistics
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 from humpback_lite import prompts
@@ -59,16 +61,22 @@ def main() -> None:
     seed_rows, _ = load_seed("builtin:seed", 30)
     rows = [prompts.forward_row(dict(r, source="seed"), True) for r in seed_rows]
     cfg = TrainConfig(quantize="none", max_steps=args.steps, batch_size=4, max_length=384)
-    ours, theirs = [], []
+    ours, plain, theirs = [], [], []
     with tempfile.TemporaryDirectory() as tmp:
         for i in range(args.repeats):
             stats = train_lora(rows, Path(tmp) / f"ours{i}", weights, cfg, seed=0)
             ours.append((stats.tokens_per_second, stats.train_loss))
+            # random batches, as TRL's: the same rows per step, so the losses must agree
+            stats = train_lora(rows, Path(tmp) / f"plain{i}", weights, replace(cfg, group_by_length=False), seed=0)
+            plain.append((stats.tokens_per_second, stats.train_loss))
             theirs.append(trl_defaults(rows, weights, cfg, Path(tmp) / f"trl{i}"))
     o, t = statistics.median(x[0] for x in ours), statistics.median(x[0] for x in theirs)
+    r = statistics.median(x[0] for x in plain)
     print(f"train: ours {o:.0f} tokens/s, TRL SFTTrainer defaults {t:.0f} tokens/s, ratio {o / t:.2f}")
-    print(f"loss after {args.steps} steps: ours {statistics.median(x[1] for x in ours):.4f}, "
-          f"TRL defaults {statistics.median(x[1] for x in theirs):.4f}")
+    print(f"train, ours with random batches (train.group_by_length=false): {r:.0f} tokens/s, ratio {r / t:.2f}")
+    print(f"loss after {args.steps} steps: ours with random batches {statistics.median(x[1] for x in plain):.4f}, "
+          f"TRL defaults {statistics.median(x[1] for x in theirs):.4f} (the same rows per step); ours with "
+          f"length-grouped batches {statistics.median(x[1] for x in ours):.4f} (other rows share a step)")
     print(f"(medians of {args.repeats}; peak RSS of the process {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB)")
     if args.processes > 1:
         processes(seed_rows, weights, args)

@@ -275,13 +275,15 @@ def _sft_config(cfg: TrainConfig, output_dir: Path, seed: int, cuda: bool, world
 
     from trl import SFTConfig
 
-    # Batches of rows of similar length, in random order (transformers' length-grouped sampler:
-    # random megabatches of up to 50 batches, each sorted by length): a padded batch costs its
-    # longest row times its size. On the quickstart's round-1 rows, random batches of 4 hold 37 %
-    # padding, grouped ones 7 %. (`group_by_length=True` before transformers 5.)
+    # train.group_by_length: batches of rows of similar length, in random order (transformers'
+    # length-grouped sampler: random megabatches of up to 50 batches, each sorted by length), as a
+    # padded batch costs its longest row times its size. On the quickstart's round-1 rows, random
+    # batches of 4 hold 37 % padding, grouped ones 7 %. (`group_by_length=True` before transformers 5.)
     names = {f.name for f in dataclasses.fields(SFTConfig)}
-    grouped = ({"train_sampling_strategy": "group_by_length"} if "train_sampling_strategy" in names
-               else {"group_by_length": True})
+    if "train_sampling_strategy" in names:
+        grouped: dict[str, Any] = {"train_sampling_strategy": "group_by_length" if cfg.group_by_length else "random"}
+    else:
+        grouped = {"group_by_length": cfg.group_by_length}
     return SFTConfig(
         **grouped,
         output_dir=str(output_dir),

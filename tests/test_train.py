@@ -86,6 +86,31 @@ def test_the_loss_head_projects_only_labelled_positions_and_the_loss_is_unchange
     assert ours.train_loss == pytest.approx(every.train_loss, abs=1e-4)
 
 
+def test_batches_group_rows_of_similar_length(hf_weights, tmp_path, monkeypatch):
+    # short and long rows in turn: random batches mix them (padding), grouped ones do not
+    from trl import SFTTrainer
+
+    from humpback_lite.recipe import TrainConfig
+    from humpback_lite.train import train_lora
+
+    long = " ".join(f"Step {i} of the answer adds one more detail about lists." for i in range(12))
+    rows = [prompts.forward_row({"instruction": f"Question {i}?", "output": long if i % 2 else "Yes."})
+            for i in range(8)]
+    padding: dict[bool, list[float]] = {True: [], False: []}
+    step = SFTTrainer.training_step
+    for grouped in (True, False):
+        def spy(self, model, inputs, *a, grouped=grouped, **k):
+            mask = inputs["attention_mask"]
+            padding[grouped].append(mask.numel() / float(mask.sum()))
+            return step(self, model, inputs, *a, **k)
+
+        monkeypatch.setattr(SFTTrainer, "training_step", spy)
+        cfg = TrainConfig(quantize="none", max_steps=4, batch_size=2, max_length=256, lora_r=4, group_by_length=grouped)
+        train_lora(rows, tmp_path / str(grouped), hf_weights, cfg, seed=0)
+    assert len(padding[True]) == 4 and max(padding[True]) < 1.05, padding  # two short or two long rows
+    assert max(padding[False]) > 1.5, padding  # a short row padded to a long one
+
+
 def test_two_ddp_processes_train_the_same_steps_to_nearly_the_same_loss(hf_weights, tmp_path):
     # torchrun + gloo on the CPU: the same code path that spreads a training over several GPUs
     from humpback_lite.recipe import TrainConfig
