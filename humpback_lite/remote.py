@@ -263,8 +263,12 @@ class RemoteEngine(Prompting):
 
     def choice_probs_many(self, prompts: Sequence[str], ids: list[int]) -> list[list[float]]:
         """`choice_probs` of every prompt, `parallel` requests in flight."""
-        with ThreadPoolExecutor(max_workers=min(self.parallel, max(1, len(prompts)))) as pool:
-            return list(pool.map(lambda p: self.choice_probs(p, ids), prompts))
+        return self._in_flight(lambda p: self.choice_probs(p, ids), prompts)
+
+    def _in_flight(self, fn: Callable[[Any], Any], items: Sequence[Any]) -> list[Any]:
+        """`fn` of every item, in order, with up to `parallel` of them (requests) running at once."""
+        with ThreadPoolExecutor(max_workers=min(self.parallel, max(1, len(items)))) as pool:
+            return list(pool.map(fn, items))
 
     def token_logprobs(self, context: list[int], target: list[int]) -> np.ndarray:
         """log P(target[i] | context + target[:i]) from the server's prompt log-probabilities."""
@@ -296,8 +300,7 @@ class RemoteEngine(Prompting):
 
     def token_logprobs_many(self, passes: Sequence[tuple[list[int], list[int]]]) -> list[np.ndarray]:
         """`token_logprobs` of every (context, target), `parallel` requests in flight."""
-        with ThreadPoolExecutor(max_workers=min(self.parallel, max(1, len(passes)))) as pool:
-            return list(pool.map(lambda ct: self.token_logprobs(*ct), passes))
+        return self._in_flight(lambda ct: self.token_logprobs(*ct), passes)
 
     def close(self) -> None:
         self.client.close()

@@ -254,11 +254,8 @@ def _labelled_positions_only():
     4, medians of 2), 195 -> 387 tokens/s on backward rows (~330 tokens, ~20 of them labelled) and
     189 -> 261 on forward rows, with the same loss to 4 decimals. TRL decides this in a private
     function of `trl.trainer.utils`; where a TRL version lacks it, training is just slower."""
-    try:
-        import trl.trainer.utils as trl_utils
-    except ImportError:
-        yield
-        return
+    import trl.trainer.utils as trl_utils
+
     original = getattr(trl_utils, "_use_triton", None)
     if original is None:
         yield
