@@ -376,11 +376,11 @@ def self_check(scorer: Scorer, pairs: list[dict], scored: list[dict], cfg: Curat
     checks += [({"kind": kind, "id": p["id"], "injection": name}, p["instruction"], p["output"] + suffix)
                for p in sample[: cfg.injection_checks]
                for kind, suffixes in (("injected", INJECTIONS), ("benign", BENIGN)) for name, suffix in suffixes.items()]
-    step = resume_window(scorer.judge.parallel) if batched_reasoning(scorer.judge, cfg) else 1
-    reasons: list[str | None] = []
-    for start in range(0, len(checks), step):
-        chunk = checks[start: start + step]
-        reasons += _reasons(scorer, [(inst, out) for _, inst, out in chunk], cfg) if step > 1 else [None] * len(chunk)
+    reasons: list[str | None] = [None] * len(checks)
+    if batched_reasoning(scorer.judge, cfg):  # in the windows the score stage uses, so the batches match
+        step = resume_window(scorer.judge.parallel)
+        reasons = [r for start in range(0, len(checks), step)
+                   for r in _reasons(scorer, [(inst, out) for _, inst, out in checks[start: start + step]], cfg)]
     # Scored a sampled pair at a time: its injected and harmless copies differ only at the end, so
     # llama.cpp evaluates the shared text once for all of them (measured: see README, "Throughput").
     groups: dict[str, list[int]] = {}
