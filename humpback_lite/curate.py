@@ -15,7 +15,7 @@ The candidate text sits inside <answer> tags it cannot forge (see prompts.saniti
 score is read only from the model's continuation, so a "Score: 5" inside a web page is inert.
 
 Every record keeps every signal computed (`signals`), so selection and the report can compare them.
-Self-checks (every round), per signal: the AUC of matched vs mismatched pairs (does the judge tell
+Self-checks (every round, on the same sampled pairs), per signal: the AUC of matched vs mismatched pairs (does the judge tell
 an answer from an unrelated text?) and vs hard negatives (another segment of the same document);
 and how many keep/drop verdicts flip when injection lines are appended, next to the flips that
 harmless appended lines cause (the judge's noise floor).
@@ -371,11 +371,11 @@ def self_check(scorer: Scorer, pairs: list[dict], scored: list[dict], cfg: Curat
         return {"auc": None, "checks": 0}
     rng = random.Random(seed)
     sample = rng.sample(usable, min(cfg.checks, len(usable)))
-    checks = [({"kind": kind, "id": p["id"], "other": other["id"]}, p["instruction"], other["output"])
-              for kind, p, other in _partners(usable, sample)]
-    checks += [({"kind": kind, "id": p["id"], "injection": name}, p["instruction"], p["output"] + suffix)
-               for p in sample[: cfg.injection_checks]
-               for kind, suffixes in (("injected", INJECTIONS), ("benign", BENIGN)) for name, suffix in suffixes.items()]
+    metas = [{"kind": kind, "id": p["id"], "other": other["id"]} for kind, p, other in _partners(usable, sample)]
+    metas += [{"kind": kind, "id": p["id"], "injection": name} for p in sample[: cfg.injection_checks]
+              for kind, suffixes in (("injected", INJECTIONS), ("benign", BENIGN)) for name in suffixes]
+    by_id = {p["id"]: p for p in usable}
+    checks = [(m, *check_pair(m, by_id)) for m in metas]
     reasons: list[str | None] = [None] * len(checks)
     if batched_reasoning(scorer.judge, cfg):  # in the windows the score stage uses, so the batches match
         step = resume_window(scorer.judge.parallel)
@@ -400,6 +400,27 @@ def self_check(scorer: Scorer, pairs: list[dict], scored: list[dict], cfg: Curat
         out[key] = check_auc(scored, records, kind, "score")
         out[f"{key}_by_signal"] = {s: check_auc(scored, records, kind, s)
                                    for s in wanted_signals(cfg)}
+    return out
+
+
+def check_pair(meta: dict, by_id: dict[str, dict]) -> tuple[str, str]:
+    """The (instruction, answer) a check record scored, from its ids and injection name."""
+    p = by_id[meta["id"]]
+    if "other" in meta:
+        return p["instruction"], by_id[meta["other"]]["output"]
+    return p["instruction"], p["output"] + (INJECTIONS if meta["kind"] == "injected" else BENIGN)[meta["injection"]]
+
+
+def backward_known(pairs: list[dict], scored: list[dict], checks: list[dict]) -> dict[tuple[str, str], dict]:
+    """A score stage's backward signals by (instruction, answer), its candidates' and its checks',
+    for the next round's `Scorer.known_backward`."""
+    by_id = {p["id"]: p for p in pairs}
+    out: dict[tuple[str, str], dict] = {}
+    for rec, key in [(r, (r.get("instruction"), r.get("output"))) for r in scored] + [
+            (r, check_pair(r, by_id)) for r in checks if r["id"] in by_id and r.get("other", r["id"]) in by_id]:
+        sig = rec.get("signals") or {}
+        if "backward" in sig and "backward_lp" in sig:
+            out[key] = {"backward_lp": sig["backward_lp"], "backward": sig["backward"]}
     return out
 
 
@@ -491,26 +512,26 @@ def normalize_pairs(rows: list[dict], source: str, instruction_field: str | None
 
 
 def make_scorer(engines: EngineFactory, judge: Path | None, backward: Path | None, cfg: CurateConfig,
-                tags: bool = True) -> Scorer:
-    """The judge's engine (+ the backward model's, for the backward signal) as a `Scorer`."""
+                tags: bool = True, known_backward: dict | None = None) -> Scorer:
+    """The judge's engine (+ the backward model's, opened when a pair's backward signal is not in
+    `known_backward`) as a `Scorer`."""
     if "backward" in wanted_signals(cfg) and backward is None:
         raise DataError("the backward signal needs the backward model's adapter (M_yx)")
     engine = engines(judge, batched=cfg.mode == "reasoning")  # only the reasoning mode generates
-    try:
-        back = engines(backward, batched=False) if "backward" in wanted_signals(cfg) else None
-    except BaseException:
-        engine.close()
-        raise
-    return Scorer(engine, back, tags=tags, max_answer_tokens=cfg.max_answer_tokens)
+    back = functools.partial(engines, backward, batched=False) if "backward" in wanted_signals(cfg) else None
+    return Scorer(engine, tags=tags, max_answer_tokens=cfg.max_answer_tokens, open_backward=back,
+                  known_backward=dict(known_backward or {}))
 
 
 def run_score(pairs: list[dict], out: Path, cfg: CurateConfig, engines: EngineFactory, judge: Path | None,
               backward: Path | None = None, tags: bool = True, checks: Path | None = None, seed: int = 0,
-              progress=ui.progress, label: str = "score", ray: RayConfig | None = None) -> ScoreCounts:
+              progress=ui.progress, label: str = "score", ray: RayConfig | None = None,
+              known_backward: dict | None = None) -> ScoreCounts:
     """The score stage: every pair scored by the `judge` adapter (and the `backward` model's for
-    the backward signal) into `out`, resumable; with `checks`, the self-checks written there.
-    With `ray`, Ray workers score the pairs (each holding its engines); the checks run here."""
-    make = functools.partial(make_scorer, engines, judge, backward, cfg, tags)
+    the backward signal, except the pairs in `known_backward`: see `backward_known`) into `out`,
+    resumable; with `checks`, the self-checks written there. With `ray`, Ray workers score the
+    pairs (each holding its engines); the checks run here."""
+    make = functools.partial(make_scorer, engines, judge, backward, cfg, tags, known_backward)
     usable = sum(1 for p in pairs if p["instruction"].strip())
     n_checks = 0 if checks is None else min(cfg.checks, usable) * 2 + min(cfg.checks, usable, cfg.injection_checks) * (
         len(INJECTIONS) + len(BENIGN))

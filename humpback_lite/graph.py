@@ -21,7 +21,7 @@ from . import layout
 from .recipe import RayConfig, Recipe
 from .store import fingerprint as _hash
 
-STAGE_VERSION = 4  # bump when a stage's output format or algorithm changes
+STAGE_VERSION = 5  # bump when a stage's output format or algorithm changes
 
 # Kernel choices, not results: thread count does not change llama.cpp's numbers; extra buffers
 # (repacked layouts) change only float rounding, and users switch them off after a crash.
@@ -67,7 +67,7 @@ GRAPH: tuple[Spec, ...] = (
     Spec("corpus", ("data", "run"), ("file:corpus",), ignore=SEED_FIELDS + ("run.model", "run.tags")),
     Spec("backward", ("backward_train", "run"), ("seed", "file:model"), ignore=("run.tags",)),
     Spec("augment", ("augment", "engine", "run"), ("corpus", "backward", "file:model"), ignore=ENGINE_SAME + ("run.tags",)),
-    Spec("score", ("curate", "engine", "run"), ("augment", "train@prev", "backward", "file:model"),
+    Spec("score", ("curate", "engine", "run"), ("augment", "train@prev", "backward", "score@prev", "file:model"),
          ignore=ENGINE_SAME + SELECT_ONLY, rounds_from=1),
     Spec("select", ("curate",), ("score@this",), rounds_from=1),
     Spec("train", ("train", "run"), ("seed", "select@this", "file:model"), rounds_from=0),

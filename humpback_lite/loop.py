@@ -137,13 +137,17 @@ class Loop:
     def _stage_score(self, p: graph.Planned, d: Path) -> dict:
         r, rnd = self.recipe, p.rnd or 1
         pairs = read_jsonl(self._in("augment", "pairs.jsonl"))
+        prev, known = [], {}
+        if rnd > 1:  # the same backward model and pairs as the round before: its backward signals carry over
+            prev = read_jsonl(self._in(layout.stage("score", rnd - 1), "scored.jsonl"))
+            known = curate.backward_known(pairs, prev, read_jsonl(self._in(layout.stage("score", rnd - 1), "checks.jsonl")))
+        # the same check sample every round (seed): the rounds' AUCs compare, and its backward values carry over
         counts = curate.run_score(pairs, d / "scored.jsonl", r.curate, self.engines,
                                   judge=self._in(layout.stage("train", rnd - 1), "adapter.gguf"),
                                   backward=self._in("backward", "adapter.gguf"), tags=r.tags,
-                                  checks=d / "checks.jsonl", seed=r.seed + rnd, label=f"score (M{rnd - 1}",
-                                  ray=self.ray)
+                                  checks=d / "checks.jsonl", seed=r.seed, label=f"score (M{rnd - 1}",
+                                  ray=self.ray, known_backward=known)
         if rnd > 1:
-            prev = read_jsonl(self._in(layout.stage("score", rnd - 1), "scored.jsonl"))
             counts.agreement_with_prev_judge = curate.agreement(prev, read_jsonl(d / "scored.jsonl"))
         return counts
 

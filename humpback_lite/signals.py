@@ -16,7 +16,7 @@ the average of their percentile ranks under several signals.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 
 from . import prompts
@@ -29,12 +29,18 @@ class Scorer:
     """Computes signals for pairs with a forward judge and, for `backward`, the backward model.
 
     The empty-instruction pass depends only on the answer: it is cached per answer text, so a
-    mismatched or hard-negative check that reuses an answer costs one pass, not two."""
+    mismatched or hard-negative check that reuses an answer costs one pass, not two.
+
+    The backward model is the same in every round, so its signals for a pair are too: those in
+    `known_backward` (a previous round's, by (instruction, answer)) are not computed again, and the
+    backward model is opened (`open_backward`) only when a pair is not there."""
 
     judge: Engine
     backward_engine: Engine | None = None
     tags: bool = True
     max_answer_tokens: int = 400
+    open_backward: Callable[[], Engine] | None = None
+    known_backward: dict[tuple[str, str], dict[str, float]] = field(default_factory=dict)
     _uncond: dict[str, float] = field(default_factory=dict)
     _backward_ref: dict[str, float] = field(default_factory=dict)
 
@@ -74,6 +80,13 @@ class Scorer:
 
     def backward_many(self, pairs: Sequence[tuple[str, str]]) -> list[dict[str, float]]:
         """backward_lp and backward for each (instruction, answer), under the backward model."""
+        todo = [(inst, answer) for inst, answer in pairs if (inst, answer) not in self.known_backward]
+        new = dict(zip(todo, self._backward_passes(todo), strict=True)) if todo else {}
+        return [dict(self.known_backward.get(p) or new[p]) for p in pairs]
+
+    def _backward_passes(self, pairs: Sequence[tuple[str, str]]) -> list[dict[str, float]]:
+        if self.backward_engine is None and self.open_backward is not None:
+            self.backward_engine = self.open_backward()
         e = self.backward_engine
         if e is None:
             raise ValueError("the backward signal needs the backward model (M_yx)")

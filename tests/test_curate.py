@@ -142,6 +142,37 @@ def test_self_checks_give_auc_per_signal_with_hard_negatives_and_a_benign_contro
     assert flips["injection_checks"] == len(curate.INJECTIONS) and flips["benign_checks"] == len(curate.BENIGN)
 
 
+def test_a_previous_rounds_backward_signals_carry_over_without_opening_the_backward_model(engine, tmp_path):
+    pairs = [{"id": f"p{i}", "instruction": q, "output": a, "provenance": f"doc{i % 2}"}
+             for i, (q, a) in enumerate([(LIST_Q, ANSWER), (DICT_Q, DICT_A),
+                                         ("How do you sort a list?", "Call sorted(x) for a new list or x.sort() in place.")])]
+    cfg = CurateConfig(mode="combined", combine=["pmi", "backward"], signals=["pmi", "backward"], top_fraction=0.5,
+                       checks=3, injection_checks=1)
+    first = Scorer(engine, backward_engine=engine)
+    curate.score_pairs(first, pairs, tmp_path / "r1.jsonl", cfg)
+    scored = curate.read_jsonl(tmp_path / "r1.jsonl")
+    curate.self_check(first, pairs, scored, cfg, tmp_path / "c1.jsonl")
+    checks = curate.read_jsonl(tmp_path / "c1.jsonl")
+    known = curate.backward_known(pairs, scored, checks)
+    by_id = {p["id"]: p for p in pairs}
+    assert {(r["instruction"], r["output"]) for r in scored} | {curate.check_pair(r, by_id) for r in checks} == set(known)
+
+    def never():
+        raise AssertionError("the backward model was opened although every pair was known")
+
+    again = Scorer(engine, open_backward=never, known_backward=known)
+    curate.score_pairs(again, pairs, tmp_path / "r2.jsonl", cfg)
+    curate.self_check(again, pairs, curate.read_jsonl(tmp_path / "r2.jsonl"), cfg, tmp_path / "c2.jsonl")
+    for name in ("r", "c"):
+        old, new = curate.read_jsonl(tmp_path / f"{name}1.jsonl"), curate.read_jsonl(tmp_path / f"{name}2.jsonl")
+        assert [r["signals"] for r in new] == [r["signals"] for r in old]
+    # a pair it does not know opens the backward model once, for that pair only
+    opened = []
+    partial = Scorer(engine, open_backward=lambda: opened.append(1) or engine, known_backward=known)
+    fresh = partial.backward_many([(LIST_Q, ANSWER), (LIST_Q, DICT_A + " More.")])
+    assert opened == [1] and fresh[0] == known[(LIST_Q, ANSWER)]
+
+
 def test_selection_drops_near_duplicate_instructions_and_caps_each_source():
     from collections import Counter
 

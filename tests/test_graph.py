@@ -108,7 +108,9 @@ def test_plan_runs_rounds_in_order_and_optional_stages_only_when_asked():
 def test_round_inputs_resolve_to_the_previous_model_and_this_rounds_selection():
     r = Recipe(rounds=2)
     by_name = {p.name: p for p in graph.plan(r)}
-    assert graph.inputs(by_name["round_02/score"], r) == ["augment", "round_01/train", "backward", "file:model"]
+    assert graph.inputs(by_name["round_02/score"], r) == ["augment", "round_01/train", "backward", "round_01/score",
+                                                          "file:model"]
+    assert graph.inputs(by_name["round_01/score"], r) == ["augment", "round_00/train", "backward", "file:model"]
     assert graph.inputs(by_name["round_00/train"], r) == ["seed", "file:model"]
     assert graph.inputs(by_name["round_01/train"], r) == ["seed", "round_01/select", "file:model"]
 

@@ -71,6 +71,19 @@ def test_rerunning_a_finished_run_loads_no_model(fake_run, stub_training):
     assert _finished(fake_run) == before and log == []
 
 
+def test_later_rounds_check_the_same_pairs_and_reuse_the_backward_signals(model_gguf, stub_training, tmp_path):
+    log: list = []
+    out = tmp_path / "run"
+    _loop(out, "curate.signals=[pmi,backward]", "evaluate.enabled=false", log=log).run()
+    backward = str(out / "backward" / "adapter.gguf")
+    assert [e for e in log if e == ("load", backward)] == [("load", backward)] * 2  # augment, round 1's scoring
+    r1, r2 = (read_jsonl(out / f"round_0{k}" / "score" / "checks.jsonl") for k in (1, 2))
+    assert r1 and [(c["kind"], c["id"]) for c in r2] == [(c["kind"], c["id"]) for c in r1]
+    assert [c["signals"]["backward"] for c in r2] == [c["signals"]["backward"] for c in r1]
+    s1, s2 = (read_jsonl(out / f"round_0{k}" / "score" / "scored.jsonl") for k in (1, 2))
+    assert [r["signals"]["backward_lp"] for r in s2] == [r["signals"]["backward_lp"] for r in s1]
+
+
 def test_engine_context_reruns_the_stages_that_use_the_engine(fake_run, stub_training, tmp_path):
     ran = _rerun(_copy(fake_run, tmp_path), "engine.n_ctx=2048")
     # the fake answers the same at any context, so select and training see identical inputs

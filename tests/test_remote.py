@@ -83,17 +83,31 @@ def test_run_through_an_openai_server_finishes_every_stage(remote_run):
 
 
 def test_server_writes_the_pairs_the_in_process_engine_writes(remote_run, model_gguf, tmp_path):
-    """Same prompt bytes, same per-item seed, same sampler: the same instructions, byte for byte
-    (against the one-sequence engine, which the server's single-sequence decode matches)."""
+    """Same prompt bytes, same per-item seed, same sampler: the same instructions, except where two
+    tokens are so close that rounding reorders them. The server computes the logits of every
+    prompt position (logits_all), which rounds the last one differently from our engine, which
+    computes only that one (measured ~2e-3 nats); two tokens closer than that can swap places in
+    the top-p ordering, and the same random draw then picks the other one."""
     recipe = load_recipe(TINY, RUN)
     segments = read_jsonl(remote_run / "corpus" / "segments.jsonl")
     local = Engine.from_config(model_gguf, EngineConfig(n_ctx=1024, parallel=1),
                                adapter=remote_run / "backward" / "adapter.gguf")
     try:
         augment.augment(local, segments, tmp_path / "pairs.jsonl", recipe.augment, seed=recipe.seed)
+        ours, theirs = read_jsonl(tmp_path / "pairs.jsonl"), read_jsonl(remote_run / "augment" / "pairs.jsonl")
+        assert [p["output"] for p in ours] == [p["output"] for p in theirs]
+        same = sum(a["instruction"] == b["instruction"] for a, b in zip(ours, theirs, strict=True))
+        assert same >= len(ours) - 2, (same, len(ours))
+        for seg, a, b in zip(segments, ours, theirs, strict=True):
+            if a["instruction"] == b["instruction"]:
+                continue
+            ta, tb = local.tokenize(a["instruction"]), local.tokenize(b["instruction"])
+            k = next(i for i, (x, y) in enumerate(zip(ta, tb, strict=False)) if x != y)
+            context = local.tokenize(augment.backward_prompt(local, seg["text"], recipe.augment.max_segment_tokens)) + ta[:k]
+            gap = abs(float(local.token_logprobs(context, [ta[k]])[0] - local.token_logprobs(context, [tb[k]])[0]))
+            assert gap < 0.02, (a["instruction"], b["instruction"], gap)  # a near-tie, not another prompt or seed
     finally:
         local.close()
-    assert (tmp_path / "pairs.jsonl").read_bytes() == (remote_run / "augment" / "pairs.jsonl").read_bytes()
 
 
 def test_server_scores_agree_with_the_in_process_judge(remote_run, model_gguf, tmp_path):
