@@ -15,10 +15,10 @@ The candidate text sits inside <answer> tags it cannot forge (see prompts.saniti
 score is read only from the model's continuation, so a "Score: 5" inside a web page is inert.
 
 Every record keeps every signal computed (`signals`), so selection and the report can compare them.
-Self-checks (every round, on the same sampled pairs), per signal: the AUC of matched vs mismatched pairs (does the judge tell
-an answer from an unrelated text?) and vs hard negatives (another segment of the same document);
-and how many keep/drop verdicts flip when injection lines are appended, next to the flips that
-harmless appended lines cause (the judge's noise floor).
+Self-checks (every round, on the same sampled pairs), per signal: the AUC of matched vs mismatched
+pairs (does the judge tell an answer from an unrelated text?) and vs hard negatives (another segment
+of the same document); and how many keep/drop verdicts flip when injection lines are appended, next
+to the flips that harmless appended lines cause (the judge's noise floor).
 """
 
 from __future__ import annotations
@@ -415,9 +415,10 @@ def backward_known(pairs: list[dict], scored: list[dict], checks: list[dict]) ->
     """A score stage's backward signals by (instruction, answer), its candidates' and its checks',
     for the next round's `Scorer.known_backward`."""
     by_id = {p["id"]: p for p in pairs}
+    keyed = [((r["instruction"], r["output"]), r) for r in scored if "instruction" in r and "output" in r]
+    keyed += [(check_pair(r, by_id), r) for r in checks if r["id"] in by_id and r.get("other", r["id"]) in by_id]
     out: dict[tuple[str, str], dict] = {}
-    for rec, key in [(r, (r.get("instruction"), r.get("output"))) for r in scored] + [
-            (r, check_pair(r, by_id)) for r in checks if r["id"] in by_id and r.get("other", r["id"]) in by_id]:
+    for key, rec in keyed:
         sig = rec.get("signals") or {}
         if "backward" in sig and "backward_lp" in sig:
             out[key] = {"backward_lp": sig["backward_lp"], "backward": sig["backward"]}
