@@ -220,7 +220,7 @@ def train_lora(
     trainer.remove_callback(PrinterCallback)  # our progress bar replaces the per-step dict prints
     n_tokens = sum(len(x["input_ids"]) for x in trainer.train_dataset)
     t0 = time.time()
-    with _labelled_positions_only():
+    with _labelled_positions_only(), _adapter_inputs_as_they_are(trainer.model, peft_cfg is not None):
         result = trainer.train()
     seconds = time.time() - t0
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
@@ -265,6 +265,22 @@ def _labelled_positions_only():
         yield
     finally:
         trl_utils._use_triton = original
+
+
+def _adapter_inputs_as_they_are(model, peft: bool):
+    """Hand each LoRA its input in the base's dtype (bf16) instead of a float32 copy.
+
+    PEFT casts a layer's input to the adapter weights' dtype (float32) before the LoRA; under the
+    trainer's bf16 autocast the LoRA's matmul casts it straight back, so the copy changes no number
+    (bf16 -> float32 -> bf16 is exact) and only costs two conversions of every adapted layer's input,
+    forward and backward: measured on 2 cores (10 steps, 2 runs each) the same losses to 4 decimals
+    and 1.06x tokens/s on backward rows (1.02x on forward rows). Over an nf4 base PEFT keeps the
+    adapters in bf16, so nothing is copied there; Unsloth (peft=False) has its own layers."""
+    if not peft:
+        return contextlib.nullcontext()
+    from peft.helpers import disable_input_dtype_casting
+
+    return disable_input_dtype_casting(model)
 
 
 def _sft_config(cfg: TrainConfig, output_dir: Path, seed: int, cuda: bool, world: int = 1):

@@ -86,6 +86,40 @@ def test_the_loss_head_projects_only_labelled_positions_and_the_loss_is_unchange
     assert ours.train_loss == pytest.approx(every.train_loss, abs=1e-4)
 
 
+def test_adapters_read_their_input_in_bf16_and_the_loss_is_unchanged(hf_weights, tmp_path, monkeypatch):
+    # PEFT would copy each adapted layer's bf16 input to float32 (the adapters' dtype over a bf16
+    # base; over nf4 they are bf16 already), which autocast turns straight back
+    import contextlib
+
+    import torch
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    from humpback_lite import train
+    from humpback_lite.recipe import TrainConfig
+    from humpback_lite.seed import load_seed
+
+    seed, _ = load_seed("builtin:seed", 0, 4)
+    rows = [prompts.forward_row(dict(r, source="seed")) for r in seed]
+    cfg = TrainConfig(quantize="none", max_steps=2, batch_size=2, max_length=128, lora_r=4)
+    cast = BaseTunerLayer._cast_input_dtype
+    given: list[torch.dtype] = []
+
+    def spy(self, x, dtype):
+        out = cast(self, x, dtype)
+        if x is not None and self.__class__.__name__ != "Embedding":
+            given.append(out.dtype)
+        return out
+
+    monkeypatch.setattr(BaseTunerLayer, "_cast_input_dtype", spy)
+    ours = train.train_lora(rows, tmp_path / "ours", hf_weights, cfg, seed=0)
+    assert given and set(given) == {torch.bfloat16}
+    given.clear()
+    monkeypatch.setattr(train, "_adapter_inputs_as_they_are", lambda model, peft: contextlib.nullcontext())
+    copied = train.train_lora(rows, tmp_path / "copied", hf_weights, cfg, seed=0)
+    assert torch.float32 in set(given)  # what PEFT does by itself
+    assert ours.train_loss == pytest.approx(copied.train_loss, abs=1e-4)
+
+
 def test_batches_group_rows_of_similar_length(hf_weights, tmp_path, monkeypatch):
     # short and long rows in turn: random batches mix them (padding), grouped ones do not
     from trl import SFTTrainer
