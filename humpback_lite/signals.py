@@ -82,7 +82,7 @@ class Scorer:
         """backward_lp and backward for each (instruction, answer), under the backward model."""
         todo = [(inst, answer) for inst, answer in pairs if (inst, answer) not in self.known_backward]
         new = dict(zip(todo, self._backward_passes(todo), strict=True)) if todo else {}
-        return [dict(self.known_backward.get(p) or new[p]) for p in pairs]
+        return [dict(self.known_backward[p] if p in self.known_backward else new[p]) for p in pairs]
 
     def _backward_passes(self, pairs: Sequence[tuple[str, str]]) -> list[dict[str, float]]:
         if self.backward_engine is None and self.open_backward is not None:
