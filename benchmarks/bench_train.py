@@ -1,10 +1,11 @@
 """Training throughput side by side in one process: our `train_lora` vs TRL's `SFTTrainer` with its
 defaults, on the same rows, the same LoRA and the same number of steps.
 
-    python benchmarks/bench_train.py [--steps 12] [--repeats 3] [--processes 2]
+    python benchmarks/bench_train.py [--steps 12] [--repeats 3] [--processes 2] [--model M]
 
 Rows: the bundled seed pairs as forward rows (instruction -> answer), the quickstart's training
-settings (bf16 weights, batch 4, max_length 384, LoRA r=16 on every linear layer). Each line:
+settings (bf16 weights, batch 4, max_length 384, LoRA r=16 on every linear layer), on a CUDA GPU
+where there is one (both sides). Each line:
 `name: ours X tokens/s, baseline Y tokens/s, ratio Z`, medians over repeats, then the loss after the
 same steps: ours with random batches must agree with TRL's (only the speed may differ); length-grouped
 batches (our default) put other rows in a step. Then peak memory. With
@@ -23,6 +24,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from humpback_lite import prompts
+from humpback_lite.hardware import train_dtype
 from humpback_lite.models import fetch, get_card
 from humpback_lite.recipe import TrainConfig
 from humpback_lite.seed import load_seed
@@ -39,7 +41,11 @@ def trl_defaults(rows: list[dict], weights: str, cfg: TrainConfig, out: Path) ->
     model, tok, peft_cfg = _load(weights, cfg, 0)
     ds = Dataset.from_list(fit_rows(rows, tok, cfg.max_length))
     args = SFTConfig(output_dir=str(out), per_device_train_batch_size=cfg.batch_size, max_steps=cfg.max_steps,
-                     learning_rate=cfg.learning_rate, max_length=cfg.max_length, report_to=[], use_cpu=True,
+                     learning_rate=cfg.learning_rate, max_length=cfg.max_length, report_to=[],
+                     use_cpu=not torch.cuda.is_available(),
+                     # TRL's default autocasts to bf16, which CPUs without native bf16 emulate ~40x
+                     # slower: the baseline computes in the dtype that is fastest here, as ours does
+                     bf16=train_dtype(cfg.dtype) == "bfloat16", fp16=train_dtype(cfg.dtype) == "float16",
                      save_strategy="no", seed=0, disable_tqdm=True)
     trainer = SFTTrainer(model=model, args=args, train_dataset=ds, processing_class=tok, peft_config=peft_cfg)
     t = time.perf_counter()
@@ -54,9 +60,10 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=12)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--processes", type=int, default=0, help="also compare N training processes with one")
+    ap.add_argument("--model", default="smollm2-135m", help="a model card or a .gguf path")
     args = ap.parse_args()
 
-    card = get_card("smollm2-135m")
+    card = get_card(args.model)
     weights = prepare_weights(card, fetch(card))
     seed_rows, _ = load_seed("builtin:seed", 30)
     rows = [prompts.forward_row(dict(r, source="seed"), True) for r in seed_rows]
@@ -77,7 +84,11 @@ def main() -> None:
     print(f"loss after {args.steps} steps: ours with random batches {statistics.median(x[1] for x in plain):.4f}, "
           f"TRL defaults {statistics.median(x[1] for x in theirs):.4f} (the same rows per step); ours with "
           f"length-grouped batches {statistics.median(x[1] for x in ours):.4f} (other rows share a step)")
-    print(f"(medians of {args.repeats}; peak RSS of the process {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB)")
+    import torch
+
+    gpu = (f"; peak GPU memory {torch.cuda.max_memory_allocated() / 2**30:.2f} GiB on {torch.cuda.get_device_name()}"
+           if torch.cuda.is_available() else "")
+    print(f"(training dtype {train_dtype(cfg.dtype)}; medians of {args.repeats}; peak RSS of the process {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB{gpu})")
     if args.processes > 1:
         processes(seed_rows, weights, args)
 

@@ -1,56 +1,123 @@
 #!/usr/bin/env bash
-# One-call check of the engine on a machine with an NVIDIA GPU and no network.
+# The checks for a machine with an NVIDIA GPU (and, on the machine we can borrow, an Intel Xeon
+# with AMX) and no network, in one call with a short lease.
 #
-#   benchmarks/gpu_check.sh SKELETON.gguf [LLAMA_CPP_PYTHON_SRC.tar.gz] [WHEELS_DIR]
+#   benchmarks/gpu_check.sh SKELETON.gguf LLAMA WHEELS_DIR PART...
 #
 # SKELETON.gguf: `python benchmarks/random_gguf.py skeleton MODEL.gguf skel.gguf` (metadata and
-# shapes, ~2 MB); the check builds random weights of that shape there. Builds llama-cpp-python with
-# CUDA from the source archive when the installed one cannot offload, with the flags that keep the
-# build short (see README, "GPU"). Then: the CPU's AMX flags and extra-buffer speeds (GPU hidden),
-# and the engine on the GPU against the CPU (generation, rubric digits, log-probs).
+#   shapes, ~2 MB); the check builds random weights of that shape there (no weights can be fetched).
+# LLAMA: an installed llama_cpp package folder built elsewhere (e.g. a CUDA build made on a CPU
+#   machine with the toolkit, see README "GPU"), or a llama-cpp-python source archive, built here
+#   CPU-only natively (the `cpu` part needs no CUDA) or with CUDA when LLAMA_CUDA=1.
+# WHEELS_DIR: wheels of the Python packages the machine lacks (installed with --no-deps).
+# PART: cpu (AMX host: load ladder, tests/test_cpu.py), buffers (extra buffers on/off per type), gpu (engine on CUDA vs
+#   CPU), train (LoRA training on CUDA vs TRL's defaults), adapter (a LoRA trained on CUDA, applied by
+#   llama.cpp on the GPU vs the CPU), bench (generation vs transformers on the GPU), loop (a shortened
+#   quickstart on the GPU, stage times).
+# Each step has its own time limit, so a hang or crash costs that step only. Output: stdout, and the
+# run's status under $OUT when set.
 set -uo pipefail
-skel=$1; src=${2:-}; wheels=${3:-}
+skel=$1; llama=$2; wheels=$3; shift 3
 here=$(cd "$(dirname "$0")/.." && pwd)
 work=${TMPDIR:-/tmp}/humpback-gpu-check; mkdir -p "$work/site"
 export PYTHONPATH="$work/site:$here${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 HUMPBACK_HOME="$work/home"
+export HF_HUB_OFFLINE=1 TRANSFORMERS_VERBOSITY=error TOKENIZERS_PARALLELISM=false
 step() { printf '\n== %s (%ss)\n' "$*" "$SECONDS"; }
+# run LIMIT_S CMD...: a step that may hang or crash without ending the check
+run() { local t=$1; shift; timeout -k 5 "$t" "$@"; local rc=$?; [ $rc -eq 124 ] && echo "(step timed out after ${t}s)"; return $rc; }
+m=$work/model
 
 step "machine"
-grep -m1 "model name" /proc/cpuinfo; nproc
+grep -m1 "model name" /proc/cpuinfo; echo "cpus: $(nproc)"
 echo "AMX flags: $(grep -m1 '^flags' /proc/cpuinfo | tr ' ' '\n' | grep '^amx' | tr '\n' ' ')"
+echo "AVX-512 flags: $(grep -m1 '^flags' /proc/cpuinfo | tr ' ' '\n' | grep -c '^avx512')"
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>&1
+echo "stack limit: $(ulimit -s); locale: LANG=${LANG:-} LC_ALL=${LC_ALL:-}; debuggers: $(command -v gdb cuda-gdb | tr '\n' ' ')"
+python3 -c "import sys, torch, transformers, peft; print(sys.version.split()[0], 'torch', torch.__version__, 'transformers', transformers.__version__, 'peft', peft.__version__)"
 
-if [ -n "$wheels" ]; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --target "$work/site" "$wheels"/*.whl || exit 1
-fi
-if ! python3 -c "import llama_cpp, sys; sys.exit(0 if llama_cpp.llama_supports_gpu_offload() else 1)" 2>/dev/null; then
-  [ -n "$src" ] || { echo "llama-cpp-python has no GPU offload and no source archive was given"; exit 1; }
-  step "build llama-cpp-python with CUDA"
-  tar xzf "$src" -C "$work"
-  # FA kernels off and no tools/tests/examples: 235 s instead of >330 s on 16 cores (README, "GPU")
-  CMAKE_ARGS="-DGGML_CUDA=on -DCMAKE_CUDA_ARCHITECTURES=${CUDA_ARCH:-native} -DGGML_CUDA_FA=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_TOOLS=OFF -DLLAMA_BUILD_EXAMPLES=OFF" \
-  CMAKE_BUILD_PARALLEL_LEVEL=$(nproc) python3 -m pip install -q --no-build-isolation --no-deps --no-compile \
-    --target "$work/site" "$work"/llama_cpp_python-* > "$work/build.log" 2>&1 || { tail -30 "$work/build.log"; exit 1; }
-fi
-
-step "random model of the skeleton's shape"
-python3 "$here/benchmarks/random_gguf.py" build "$skel" "$work/model.gguf" || exit 1
-
-step "load: plain llama_cpp.Llama vs Engine, one difference at a time (a crash seen before)"
-python3 "$here/benchmarks/load_bisect.py" "$work/model.gguf" --gpu-layers -1
-
-step "CPU only (GPU hidden): extra buffers on vs off, per tensor type"
-CUDA_VISIBLE_DEVICES= python3 "$here/benchmarks/bench_extra_buffers.py" --gguf "$work/model.gguf" --repeats 3
-
-step "CPU only: engine with extra_buffers=on vs the default"
-CUDA_VISIBLE_DEVICES= python3 "$here/benchmarks/engine_check.py" --gguf "$work/model.q8_0.gguf" --gpu-layers 0 --extra-buffers on
-
-step "engine on the GPU (all layers) vs CPU, Q8_0 and BF16"
-rc=0
-for t in q8_0 bf16; do
-  python3 "$here/benchmarks/engine_check.py" --gguf "$work/model.$t.gguf" --gpu-layers -1 || rc=1
+step "setup: wheels and llama-cpp-python"
+ls "$wheels"/*.whl >/dev/null 2>&1 && python3 -m pip install -q --no-index --no-deps --no-compile --target "$work/site" "$wheels"/*.whl 2>&1 | grep -v WARNING
+# the CUDA runtime and cuBLAS of the machine's own torch (a carried CUDA build links against them)
+for d in $(python3 -c "import site; print(' '.join(site.getsitepackages()))"); do
+  for lib in "$d"/nvidia/*/lib "$d"/nvidia/*/*/lib; do [ -d "$lib" ] && LD_LIBRARY_PATH="$lib:${LD_LIBRARY_PATH:-}"; done
 done
-step "engine on the GPU with extra_buffers=on (the crash reported before: is it the CPU's AMX path?)"
-python3 "$here/benchmarks/engine_check.py" --gguf "$work/model.q8_0.gguf" --gpu-layers -1 --extra-buffers on || rc=1
+export LD_LIBRARY_PATH
+if [ -d "$llama" ]; then
+  cp -r "$llama" "$work/site/llama_cpp"
+else
+  tar xzf "$llama" -C "$work"
+  flags="-DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_TOOLS=OFF -DLLAMA_BUILD_EXAMPLES=OFF"
+  # FA kernels off and no tools/tests/examples: 235 s instead of >330 s on 16 cores (README, "GPU")
+  [ "${LLAMA_CUDA:-0}" = 1 ] && flags="$flags -DGGML_CUDA=on -DCMAKE_CUDA_ARCHITECTURES=90-real -DGGML_CUDA_FA=OFF"
+  CMAKE_ARGS="$flags" CMAKE_BUILD_PARALLEL_LEVEL=$(nproc) python3 -m pip install -q --no-build-isolation --no-deps \
+    --no-compile --target "$work/site" "$work"/llama_cpp_python-* > "$work/build.log" 2>&1 || { tail -30 "$work/build.log"; exit 1; }
+fi
+python3 -c "import llama_cpp; print('llama_cpp', llama_cpp.__version__, 'GPU offload:', llama_cpp.llama_supports_gpu_offload())" || exit 1
+
+step "random model of the skeleton's shape, and its tensor types"
+python3 "$here/benchmarks/random_gguf.py" build "$skel" "$m.gguf" || exit 1
+python3 - "$m.gguf" <<'EOF' || exit 1
+import sys
+from pathlib import Path
+import llama_cpp
+from humpback_lite.models import quantize_gguf, runtime_gguf
+src = Path(sys.argv[1])
+for t in ("q8_0", "bf16", "q4_0"):
+    runtime_gguf(src, t)
+quantize_gguf(src, src.with_name(src.stem + ".q4_1.gguf"), llama_cpp.LLAMA_FTYPE_MOSTLY_Q4_1)
+print(" ".join(sorted(p.name for p in src.parent.glob("model*.gguf"))))
+EOF
+
+part_cpu() {
+  step "cpu: load ladder, Q4_1 on the CPU only (GPU hidden): the first rung that dies is the difference"
+  CUDA_VISIBLE_DEVICES= run 150 python3 "$here/benchmarks/load_bisect.py" "$m.q4_1.gguf" --backtrace
+  step "cpu: tests/test_cpu.py on the random Q4_1 model (GPU hidden)"
+  CUDA_VISIBLE_DEVICES= HUMPBACK_TEST_GGUF="$m.q4_1.gguf" run 120 python3 -m pytest -q -p no:cacheprovider \
+    "$here/tests/test_cpu.py" -rA 2>&1 | tail -15
+}
+
+part_buffers() {
+  step "buffers: extra buffers on vs off per tensor type, fresh processes (GPU hidden)"
+  CUDA_VISIBLE_DEVICES= run 150 python3 "$here/benchmarks/bench_extra_buffers.py" --gguf "$m.q4_1.gguf" --repeats 2
+}
+
+part_gpu() {
+  step "gpu: load ladder with every layer on the GPU"
+  run 300 python3 "$here/benchmarks/load_bisect.py" "$m.q8_0.gguf" --gpu-layers -1 --backtrace
+  for t in q8_0 bf16 q4_1; do
+    step "gpu: engine with every layer on the GPU vs the CPU, $t"
+    run 120 python3 "$here/benchmarks/engine_check.py" --gguf "$m.$t.gguf" --gpu-layers -1
+  done
+}
+
+part_train() {
+  step "train: our trainer vs TRL's defaults on CUDA (transformers + peft, bf16 LoRA)"
+  run 200 python3 "$here/benchmarks/bench_train.py" --model "$m.gguf" --steps 12 --repeats 2
+  if python3 -c "import unsloth" 2>/dev/null; then echo "unsloth importable"; else echo "unsloth: not installed here"; fi
+}
+
+part_adapter() {
+  step "adapter: humpback train on CUDA, then the adapter applied by llama.cpp on the GPU vs the CPU"
+  run 200 python3 -m humpback_lite train "$here/humpback_lite/data/seed.jsonl" -o "$work/adapter" \
+    --model "$m.gguf" max_steps=20 quantize=none && \
+  run 120 python3 "$here/benchmarks/engine_check.py" --gguf "$m.q8_0.gguf" --adapter "$work/adapter/adapter.gguf" --gpu-layers -1
+}
+
+part_bench() {
+  step "bench: batched llama.cpp on the GPU vs transformers generate on the GPU"
+  run 300 python3 "$here/benchmarks/bench_engine.py" --model "$m.gguf" --gpu-layers -1 --pairs 64 --repeats 2 \
+    --parallel 16 --hf-batches 16,64
+}
+
+part_loop() {
+  step "loop: the quickstart, one round, on the GPU (random weights: every generation runs to its cap)"
+  run "${LOOP_LIMIT:-240}" python3 -m humpback_lite run "$here/recipes/quickstart.yaml" --out "$work/run" \
+    model="$m.gguf" rounds=1 engine.n_gpu_layers=-1 2>&1 | tail -25
+  python3 -m humpback_lite status "$work/run" 2>&1 | tail -40
+  [ -n "${OUT:-}" ] && cp "$work/run/manifest.json" "$OUT/loop_manifest.json" 2>/dev/null
+}
+
+rc=0
+for p in "$@"; do "part_$p" || rc=1; done
 step "done"
 exit $rc

@@ -295,6 +295,7 @@ def models() -> None:
     from rich.table import Table
 
     from .engines import settings
+    from .hardware import describe_train_dtype
     from .models import get_card, home, list_cards
     from .recipe import EngineConfig, Recipe
     from .ui import console
@@ -310,6 +311,7 @@ def models() -> None:
     shown = settings(EngineConfig(), default.gguf_path if default.is_cached() else None)
     console.print(f"llama.cpp on this machine (recipe defaults, {default.name}): "
                   + ", ".join(f"{k} {v}" for k, v in shown.items()))
+    console.print(f"training on this machine: dtype {describe_train_dtype()}")
 
 
 # ----------------------------------------------------------------------------- single stages on plain files

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 
 from . import crashguard
+from .hardware import cpu_flags, physical_cores  # noqa: F401 (physical_cores: part of this module's API)
 from .models import ContextError, ModelError, check_gguf, quiet_stderr, runtime_gguf
 
 if TYPE_CHECKING:
@@ -53,38 +54,6 @@ class DigitScore:
     @property
     def argmax(self) -> int:
         return int(np.argmax(self.probs)) + 1
-
-
-def cpu_flags() -> set[str]:
-    """The CPU feature flags Linux reports (empty elsewhere)."""
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return set()
-    for line in text.splitlines():
-        if line.startswith("flags"):
-            return set(line.partition(":")[2].split())
-    return set()
-
-
-def physical_cores() -> int:
-    """Cores this process may run on, counting hyper-threads once: llama.cpp's matmuls gain
-    nothing from a core's second thread and lose to the contention."""
-    allowed = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else set(range(os.cpu_count() or 1))
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return max(1, len(allowed))
-    cores, cpu, phys = set(), None, "0"
-    for line in text.splitlines():
-        key, _, value = (x.strip() for x in line.partition(":"))
-        if key == "processor":
-            cpu = int(value)
-        elif key == "physical id":
-            phys = value
-        elif key == "core id" and cpu in allowed:
-            cores.add((phys, value))
-    return max(1, len(cores) or len(allowed))
 
 
 def use_extra_buffers(setting: ExtraBuffers) -> bool:

@@ -220,8 +220,14 @@ class TrainConfig:
     backend: Literal["auto", "transformers", "unsloth"] = "auto"
     """`auto`: Unsloth when a CUDA GPU and the package exist, else transformers + peft."""
     quantize: Literal["nf4", "none"] = "nf4"
-    """Base weights while training: 4-bit nf4 (QLoRA, bitsandbytes) or unquantized bf16. For a
+    """Base weights while training: 4-bit nf4 (QLoRA, bitsandbytes) or unquantized (in `dtype`). For a
     base that is itself a 4-bit GGUF, nf4 rounds the weights a second time (see recipes/quickstart)."""
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    """What training computes in (the base weights, nf4's compute dtype, autocast). `auto`: bf16 where
+    the hardware has it (CUDA compute capability 8.0+, CPUs with avx512_bf16 or amx_bf16), float16 on
+    older GPUs, float32 on other CPUs, where bf16 is emulated ~40x slower. The setting is part of a
+    stage's fingerprint; what `auto` chose is recorded in the stage's counts but not fingerprinted,
+    so a run resumed on another kind of machine keeps its finished trainings."""
     lora_r: int = 16
     """LoRA rank."""
     lora_alpha: float = 32.0

@@ -23,6 +23,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from .hardware import train_dtype
 from .layout import TrainCounts
 from .models import ModelCard
 from .recipe import TrainConfig
@@ -54,7 +55,9 @@ def _hush() -> None:
 
 def prepare_weights(card: ModelCard, gguf_path: Path) -> str:
     """Trainable weights for a card: a Hub repo id, or the GGUF dequantized once by transformers
-    and cached as bf16 safetensors (loading from GGUF takes ~20-40 s; safetensors ~1 s)."""
+    and cached as bf16 safetensors (loading from GGUF takes ~20-40 s; safetensors ~1 s). The cache
+    stays bf16 whatever the training dtype: float32 training loads it exactly, so every kind of
+    machine trains from the same weights."""
     if card.weights.get("hf_repo"):
         return card.weights["hf_repo"]
     out = card.weights_dir
@@ -113,7 +116,8 @@ def _load(weights: str, cfg: TrainConfig, seed: int):
         from unsloth import FastLanguageModel
 
         model, tok = FastLanguageModel.from_pretrained(
-            weights, max_seq_length=cfg.max_length, load_in_4bit=cfg.quantize == "nf4"
+            weights, max_seq_length=cfg.max_length, load_in_4bit=cfg.quantize == "nf4",
+            dtype=getattr(torch, train_dtype(cfg.dtype)),
         )
         model = FastLanguageModel.get_peft_model(
             model, r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
@@ -122,10 +126,11 @@ def _load(weights: str, cfg: TrainConfig, seed: int):
         return model, tok, None
 
     # Weights as safetensors only (no pickle) and no code from the model repo.
-    kwargs: dict[str, Any] = {"dtype": torch.bfloat16, "use_safetensors": True, "trust_remote_code": False}
+    dtype = getattr(torch, train_dtype(cfg.dtype))
+    kwargs: dict[str, Any] = {"dtype": dtype, "use_safetensors": True, "trust_remote_code": False}
     if cfg.quantize == "nf4":
         kwargs["quantization_config"] = BitsAndBytesConfig(
-            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.bfloat16
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=dtype
         )
         if _world() > 1 and torch.cuda.is_available():  # each DDP process quantizes onto its own GPU
             kwargs["device_map"] = {"": int(os.environ.get("LOCAL_RANK", 0))}
@@ -236,7 +241,8 @@ def train_lora(
             last_loss=round(float(losses[-1]), 4) if losses else None,
             seconds=round(seconds, 1), tokens_per_second=round(seen / seconds, 1) if seen else None,
             backend="unsloth" if peft_cfg is None else "transformers",
-            extra={"tokens_per_epoch": n_tokens, "quantize": cfg.quantize, "processes": _world()})
+            extra={"tokens_per_epoch": n_tokens, "quantize": cfg.quantize, "processes": _world(),
+                   "dtype": train_dtype(cfg.dtype)})
         (tmp / "train_stats.json").write_text(json.dumps(stats.to_json(), indent=2))
     del trainer, model
     _release_memory()
@@ -268,7 +274,8 @@ def _labelled_positions_only():
 
 
 def _adapter_inputs_as_they_are(model, peft: bool):
-    """Hand each LoRA its input in the base's dtype (bf16) instead of a float32 copy.
+    """Hand each LoRA its input in the base's dtype (bf16) instead of a float32 copy (in float32
+    training there is no copy to save).
 
     PEFT casts a layer's input to the adapter weights' dtype (float32) before the LoRA; under the
     trainer's bf16 autocast the LoRA's matmul casts it straight back, so the copy changes no number
@@ -318,7 +325,9 @@ def _sft_config(cfg: TrainConfig, output_dir: Path, seed: int, cuda: bool, world
         seed=seed,
         data_seed=seed,
         use_cpu=not cuda,
-        bf16=True,
+        # autocast in the dtype the weights were loaded in (`train.dtype`); fp16 gets loss scaling
+        bf16=train_dtype(cfg.dtype) == "bfloat16",
+        fp16=train_dtype(cfg.dtype) == "float16" and cuda,
         dataloader_num_workers=0,
         disable_tqdm=True,
         # TRL turns activation checkpointing on by default; for small models on a CPU it only

