@@ -117,6 +117,41 @@ part_loop() {
   [ -n "${OUT:-}" ] && cp "$work/run/manifest.json" "$OUT/loop_manifest.json" 2>/dev/null
 }
 
+# toolchain: why a llama-cpp-python built on this machine crashes in its tokenizer (seen here:
+# SIGSEGV in std::regex's locale code, a frame inside libggml.so). Starts a native CPU-only build
+# of the source archive in the background now; the part, listed last, compares its libraries
+# with the carried ones.
+native=$work/native
+if [[ " $* " == *" toolchain "* ]] && [ -n "${NATIVE_SRC:-}" ]; then
+  ( mkdir -p "$native" && tar xzf "$NATIVE_SRC" -C "$native" && \
+    CMAKE_ARGS="-DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_TOOLS=OFF -DLLAMA_BUILD_EXAMPLES=OFF" \
+    CMAKE_BUILD_PARALLEL_LEVEL=8 nice python3 -m pip install -q --no-build-isolation --no-deps --no-compile \
+      --target "$native/site" "$native"/llama_cpp_python-* > "$native/build.log" 2>&1; echo $? > "$native/rc" ) &
+fi
+part_toolchain() {
+  step "toolchain: compiler and flags here"
+  env | grep -E '^(CC|CXX|CFLAGS|CXXFLAGS|CPPFLAGS|LDFLAGS|CMAKE_[A-Z_]*|LD_[A-Z_]*)=' | cut -c1-300
+  c++ --version | head -1; echo "c++ is $(readlink -f "$(command -v c++)")"
+  echo 'int f() { return 0; }' > "$work/t.cpp"
+  c++ -shared -fPIC "$work/t.cpp" -o "$work/t.so" -v 2>&1 | grep -E "collect2|/ld " | tr ' ' '\n' | grep -E "stdc|static|\.a$|specs" | sort -u | head
+  [ -d "$native" ] && for _ in $(seq 1 60); do [ -f "$native/rc" ] && break; sleep 2; done
+  echo "native build rc: $(cat "$native/rc" 2>/dev/null || echo 'not finished')"
+  for d in "$native/site/llama_cpp/lib" "$work/site/llama_cpp/lib"; do
+    [ -d "$d" ] || continue
+    echo "-- $d"
+    for f in "$d"/libggml.so.0 "$d"/libggml-base.so.0 "$d"/libllama.so; do
+      [ -f "$f" ] || continue
+      printf '%s: text %s bytes, libstdc++ symbols defined: %s (locale: %s), NEEDED: %s\n' "$(basename "$f")" \
+        "$(size -A "$f" | awk '$1==".text"{print $2}')" \
+        "$(nm -D --defined-only "$f" | c++filt | grep -c ' std::')" \
+        "$(nm -D --defined-only "$f" | c++filt | grep -c 'std::locale')" \
+        "$(readelf -d "$f" | grep NEEDED | grep -o '\[.*\]' | tr '\n' ' ')"
+    done
+  done
+  [ -d "$native/site/llama_cpp" ] && PYTHONPATH="$native/site:$here" python3 "$here/benchmarks/load_bisect.py" "$m.q4_1.gguf" 2>&1 | head -3
+  grep -iE "static|stdc\+\+" "$native/build.log" | head -5
+}
+
 rc=0
 for p in "$@"; do "part_$p" || rc=1; done
 step "done"

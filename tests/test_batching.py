@@ -36,8 +36,10 @@ def _generate(gguf, parallel, prompts, **kw):
 def test_batched_greedy_text_is_what_the_model_alone_would_choose(model_gguf, segments):
     # 10 prompts over 4 slots (slots refilled as sequences finish; n_batch=256 splits the longer
     # prompts' evaluation over several decodes): every token a batched sequence picks greedily must
-    # be the top token of the same model reading that sequence alone. llama.cpp's kernels may round
-    # differently with the batch's shape (measured up to ~1e-5 per logit), hence the 0.01 margin.
+    # be the top token of the same model reading that sequence alone. llama.cpp's kernels round
+    # differently with the batch's shape: the chosen token's logit was below the lone model's top
+    # by at most ~1e-5 on an AVX-512 EPYC and 0.013 on an AVX2-only EPYC (BF16 copy, these 150
+    # tokens), hence the 0.05 margin; a sequence reading another's tokens misses by far more.
     gguf = runtime_gguf(model_gguf, "bf16")
     prompts = [f"Write a question this text answers:\n{s['text'][:600]}" for s in segments]
     batched, finished = _generate(gguf, 4, prompts, max_tokens=16, temperature=0.0)
@@ -50,7 +52,7 @@ def test_batched_greedy_text_is_what_the_model_alone_would_choose(model_gguf, se
             assert target, p
             for k, tok in enumerate(target):
                 logits = alone.next_token_logits(context + target[:k])
-                assert logits[tok] >= logits.max() - 0.01, (p[:60], text, k)
+                assert logits[tok] >= logits.max() - 0.05, (p[:60], text, k)
     finally:
         alone.close()
 
