@@ -62,7 +62,7 @@ from pathlib import Path
 import llama_cpp
 from humpback_lite.models import quantize_gguf, runtime_gguf
 src = Path(sys.argv[1])
-for t in ("q8_0", "bf16", "q4_0"):
+for t in ("q8_0", "bf16"):
     runtime_gguf(src, t)
 quantize_gguf(src, src.with_name(src.stem + ".q4_1.gguf"), llama_cpp.LLAMA_FTYPE_MOSTLY_Q4_1)
 print(" ".join(sorted(p.name for p in src.parent.glob("model*.gguf"))))
@@ -83,7 +83,7 @@ part_buffers() {
 
 part_gpu() {
   step "gpu: load ladder with every layer on the GPU"
-  run 300 python3 "$here/benchmarks/load_bisect.py" "$m.q8_0.gguf" --gpu-layers -1 --backtrace
+  run 120 python3 "$here/benchmarks/load_bisect.py" "$m.q8_0.gguf" --gpu-layers -1 --backtrace
   for t in q8_0 bf16 q4_1; do
     step "gpu: engine with every layer on the GPU vs the CPU, $t"
     run 120 python3 "$here/benchmarks/engine_check.py" --gguf "$m.$t.gguf" --gpu-layers -1
@@ -105,8 +105,8 @@ part_adapter() {
 
 part_bench() {
   step "bench: batched llama.cpp on the GPU vs transformers generate on the GPU"
-  run 300 python3 "$here/benchmarks/bench_engine.py" --model "$m.gguf" --gpu-layers -1 --pairs 64 --repeats 2 \
-    --parallel 16 --hf-batches 16,64
+  run 200 python3 "$here/benchmarks/bench_engine.py" --model "$m.gguf" --gpu-layers -1 --pairs "${BENCH_PAIRS:-64}" \
+    --repeats "${BENCH_REPEATS:-2}" --parallel 16 --hf-batches 16,64
 }
 
 part_loop() {

@@ -29,10 +29,10 @@ _WATCHER = r"""
 import os, signal, sys
 signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
 log = sys.argv[1]
-op = None
+op = hint = None
 for line in sys.stdin:
     kind, _, what = line.rstrip("\n").partition(" ")
-    op = what if kind == "B" else None
+    op, _, hint = what.partition("\t") if kind == "B" else (None, "", None)
 if op is not None:
     tail = ""
     try:
@@ -45,8 +45,7 @@ if op is not None:
     sys.stderr.write(
         f"\nhumpback: the process died inside llama.cpp during {op}: a crash in llama.cpp, or the "
         f"process was killed (out of memory?).{tail}\n"
-        "If this CPU has AMX (Intel Xeon 4th gen or later), engine.extra_buffers=off avoids a known "
-        "llama.cpp crash. HUMPBACK_VERBOSE=1 shows llama.cpp's whole log.\n")
+        + (hint + "\n" if hint else "") + "HUMPBACK_VERBOSE=1 shows llama.cpp's whole log.\n")
 with __import__("contextlib").suppress(OSError):
     os.unlink(log)
 """
@@ -90,10 +89,11 @@ def install() -> _Guard:
 
 
 @contextlib.contextmanager
-def operation(what: str) -> Iterator[None]:
-    """A call into llama.cpp: if the process dies inside it, the watcher names `what`."""
+def operation(what: str, hint: str = "") -> Iterator[None]:
+    """A call into llama.cpp: if the process dies inside it, the watcher names `what` and adds
+    `hint` (what to try, where a known crash fits the case)."""
     guard = install()
-    guard.send(f"B {what}")
+    guard.send(f"B {what}" + (f"\t{hint}" if hint else ""))
     try:
         yield
     finally:

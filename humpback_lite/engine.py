@@ -264,6 +264,10 @@ class Engine(Prompting):
             check_gguf(Path(adapter))
             check_adapter(adapter, self.gguf)
         self.extra_buffers = use_extra_buffers(extra_buffers)
+        # the known AMX crash (llama.cpp#20824) needs extra buffers on an AMX CPU; elsewhere the
+        # advice would mislead
+        self._crash_hint = ("This CPU has AMX and extra buffers are on: engine.extra_buffers=off avoids a "
+                            "known llama.cpp crash." if self.extra_buffers and AMX_FLAGS & cpu_flags() else "")
         self.name = self.gguf.name + (f" + {Path(adapter).name}" if adapter else "")
         crashguard.install()  # before quiet_stderr redirects fd 2
         try:
@@ -304,7 +308,7 @@ class Engine(Prompting):
 
     def _native(self, op: str):
         """Mark a call into llama.cpp, so that a crash inside it is reported with model and op."""
-        return crashguard.operation(f"{op} on {self.name}")
+        return crashguard.operation(f"{op} on {self.name}", self._crash_hint)
 
     # ------------------------------------------------------------------ generation
 

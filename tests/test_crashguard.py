@@ -30,3 +30,14 @@ def test_a_clean_exit_or_a_python_error_says_nothing_about_llama_cpp():
     assert ok.returncode == 0 and "llama.cpp" not in ok.stderr
     err = _run("raise KeyError('x')")
     assert err.returncode == 1 and "KeyError" in err.stderr and "died inside" not in err.stderr
+
+
+def test_a_hint_is_given_only_with_the_operation_it_fits():
+    hinted = subprocess.run([sys.executable, "-c", CRASH.replace(
+        'crashguard.operation("generate on model.bf16.gguf + adapter.gguf")',
+        'crashguard.operation("decode on m.gguf", "engine.extra_buffers=off avoids it.")').format(
+        body="os.kill(os.getpid(), signal.SIGSEGV)")], capture_output=True, text=True, timeout=60)
+    assert "died inside llama.cpp during decode on m.gguf" in hinted.stderr
+    assert "engine.extra_buffers=off avoids it." in hinted.stderr
+    plain = _run("os.kill(os.getpid(), signal.SIGSEGV)")
+    assert "extra_buffers" not in plain.stderr  # no AMX advice for a crash it does not fit
