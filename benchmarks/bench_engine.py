@@ -1,5 +1,5 @@
 """Generation throughput side by side in one process: our batched llama.cpp engine vs plain
-transformers `generate` (bf16, at its best batch size on this machine) and vs our one-sequence path.
+transformers `generate` (in its fastest dtype here, at its best batch size on this machine) and vs our one-sequence path.
 
     python benchmarks/bench_engine.py [--pairs 32] [--repeats 3] [--parallel 16] [--model M] [--gpu-layers -1]
 
@@ -20,6 +20,7 @@ import time
 from humpback_lite import prompts
 from humpback_lite.corpus import segment
 from humpback_lite.engine import Engine
+from humpback_lite.hardware import train_dtype
 from humpback_lite.models import fetch, get_card, runtime_gguf
 from humpback_lite.seed import load_seed
 from humpback_lite.train import prepare_weights
@@ -61,7 +62,13 @@ def main() -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(prepare_weights(card, fetch(card)), padding_side="left")
-    model = AutoModelForCausalLM.from_pretrained(prepare_weights(card, fetch(card)), dtype=torch.bfloat16).eval()
+    if tok.pad_token is None:  # a tokenizer rebuilt from a GGUF without a pad token (e.g. the GPU check's)
+        tok.pad_token = tok.eos_token
+    # the baseline in its fastest dtype here: bf16 where the hardware has it, else float32 (bf16 is
+    # emulated ~40x slower on CPUs without AVX-512 BF16 / AMX)
+    hf_dtype = train_dtype()
+    model = AutoModelForCausalLM.from_pretrained(prepare_weights(card, fetch(card)),
+                                                 dtype=getattr(torch, hf_dtype)).eval()
     device = "cuda" if args.gpu_layers and torch.cuda.is_available() else "cpu"
     model.to(device)
 
@@ -81,7 +88,7 @@ def main() -> None:
         # the baseline at its best batch size here (one run each to choose, then the median)
         best = min((int(b) for b in args.hf_batches.split(",")), key=lambda b: timed(lambda: hf(texts, kw, b), 1))
         t_hf = timed(lambda: hf(texts, kw, best), args.repeats)
-        print(f"{name}: ours {n / t_ours:.2f}/s, transformers bf16 ({device}) batch {best} {n / t_hf:.2f}/s, "
+        print(f"{name}: ours {n / t_ours:.2f}/s, transformers {hf_dtype} ({device}) batch {best} {n / t_hf:.2f}/s, "
               f"ratio {t_hf / t_ours:.2f}", flush=True)
         print(f"{name}: ours {n / t_ours:.2f}/s, ours one sequence {n / t_one:.2f}/s, ratio {t_one / t_ours:.2f}",
               flush=True)

@@ -38,8 +38,10 @@ def side(gguf: str, adapter: str | None, gpu_layers: int, extra: str) -> dict:
     rubric = e.format(prompts.rubric_messages("What does a compiler do?", ANSWER), assistant_prefix=e.score_prefix)
     digits = e.digit_score(rubric).probs
     lp = e.token_logprobs(e.tokenize(PROMPT), e.tokenize(ANSWER)).tolist()
-    top = int(np.argmax(e.next_token_logits(e.tokenize(PROMPT))))
-    return {"text": text, "digits": digits, "logprobs": lp, "top": top, "load_s": load, "gen_s": gen}
+    logits = e.next_token_logits(e.tokenize(PROMPT))
+    first, second = np.sort(logits)[-2:][::-1]
+    return {"text": text, "digits": digits, "logprobs": lp, "top": int(np.argmax(logits)),
+            "margin": float(first - second), "load_s": load, "gen_s": gen}
 
 
 def main() -> None:
@@ -75,8 +77,11 @@ def main() -> None:
     print(f"greedy text identical: {cpu['text'] == dev['text']}")
     print(f"digit probabilities max |diff|: {d_digits:.4f} (tolerance 0.05)")
     print(f"answer log-probs max |diff|: {d_lp:.4f} nats (tolerance 0.1)")
-    print(f"next-token argmax equal: {cpu['top'] == dev['top']}")
-    ok = d_digits <= 0.05 and d_lp <= 0.1 and cpu["top"] == dev["top"]
+    # A near tie (random weights give nearly flat logits) may fall either way with float rounding.
+    tie = cpu["margin"] < 0.05
+    print(f"next-token argmax equal: {cpu['top'] == dev['top']} (CPU's top-two margin {cpu['margin']:.4f}"
+          f"{', a near tie: not compared' if tie else ''})")
+    ok = d_digits <= 0.05 and d_lp <= 0.1 and (cpu["top"] == dev["top"] or tie)
     print("PASS" if ok else "FAIL")
     sys.exit(0 if ok else 1)
 

@@ -16,6 +16,7 @@ import ctypes
 import functools
 import math
 import os
+import sys
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -54,6 +55,47 @@ class DigitScore:
     @property
     def argmax(self) -> int:
         return int(np.argmax(self.probs)) + 1
+
+
+def cxx_runtimes(libraries: Sequence[str | Path]) -> dict[int, list[str]]:
+    """Which copy of the C++ standard library each shared library uses, keyed by the address of
+    that copy's `std::locale::classic()` (a library without C++ is left out).
+
+    Why: a llama-cpp-python compiled by a toolchain that links libstdc++ statically (seen on the
+    H200 host, whose CC/CXX point to a GCC under /opt/gcc: libggml.so.0 held 3,884 libstdc++
+    symbols and no libstdc++.so.6 among its needs) gives libggml, libggml-base and libllama each
+    their own copy; llama.cpp's tokenizer then mixes their locale data inside std::regex and dies
+    of SIGSEGV while loading any BPE model. `dlsym` through a library's handle finds its own copy
+    first, else the shared one, so more than one address means more than one runtime."""
+    out: dict[int, list[str]] = {}
+    for path in libraries:
+        try:
+            fn = ctypes.CDLL(str(path))._ZNSt6locale7classicEv
+        except (OSError, AttributeError):
+            continue
+        out.setdefault(ctypes.cast(fn, ctypes.c_void_p).value or 0, []).append(Path(path).name)
+    return out
+
+
+@functools.cache
+def check_cxx_runtime() -> None:
+    """Refuse, with the way out, a llama.cpp build whose libraries carry separate C++ runtimes
+    (see `cxx_runtimes`): it would die in the tokenizer with nothing said (Linux only)."""
+    if not sys.platform.startswith("linux"):
+        return
+    import llama_cpp
+
+    lib = Path(llama_cpp.__file__).parent / "lib"
+    libs = sorted({p.resolve() for p in lib.glob("lib*.so*")})
+    copies = cxx_runtimes(libs)
+    if len(copies) > 1:
+        own = sorted(n for names in copies.values() for n in names)
+        raise ModelError(
+            f"this llama-cpp-python ({lib}) carries {len(copies)} separate copies of the C++ standard "
+            f"library ({', '.join(own)}): its compiler linked libstdc++ statically, and llama.cpp's "
+            "tokenizer crashes with such a build. Reinstall it with the system compiler, e.g. "
+            "CC=gcc CXX=g++ pip install --force-reinstall --no-cache-dir --no-deps "
+            "'llama-cpp-python>=0.3.36,<0.4' (keep CMAKE_ARGS for a GPU build).")
 
 
 def use_extra_buffers(setting: ExtraBuffers) -> bool:
@@ -258,6 +300,7 @@ class Engine(Prompting):
 
         self.gguf = Path(gguf)
         check_gguf(self.gguf)
+        check_cxx_runtime()
         if adapter is not None:
             from .adapters import check_adapter
 

@@ -3,11 +3,20 @@
 from __future__ import annotations
 
 import os
+import subprocess
+from pathlib import Path
 
+import pytest
 from click.testing import CliRunner
 
 from humpback_lite.cli import main
-from humpback_lite.engine import auto_parallel, kv_bytes_per_token, physical_cores
+from humpback_lite.engine import (
+    auto_parallel,
+    check_cxx_runtime,
+    cxx_runtimes,
+    kv_bytes_per_token,
+    physical_cores,
+)
 from humpback_lite.recipe import EngineConfig
 
 
@@ -31,3 +40,40 @@ def test_models_command_shows_what_the_engine_would_use_here(model_gguf):
     out = CliRunner().invoke(main, ["models"], terminal_width=200).output
     assert f"threads {EngineConfig().n_threads or physical_cores()}" in out
     assert "parallel 16 (auto; KV cache 720 MiB)" in out and "runtime_type bf16" in out
+
+
+CXX_LIB = '#include <locale>\nextern "C" const void * {name}() {{ return &std::locale::classic(); }}\n'
+
+
+def _cxx_lib(tmp: Path, name: str, static: bool) -> Path | None:
+    src, out = tmp / f"{name}.cpp", tmp / f"lib{name}.so"
+    src.write_text(CXX_LIB.format(name=name))
+    cmd = ["g++", "-shared", "-fPIC", str(src), "-o", str(out)] + (["-static-libstdc++"] if static else [])
+    try:
+        ok = subprocess.run(cmd, capture_output=True).returncode == 0
+    except FileNotFoundError:
+        ok = False
+    return out if ok else None
+
+
+def test_libraries_with_their_own_static_cxx_runtime_are_told_apart(tmp_path):
+    # The H200 host's compiler linked libstdc++ into libggml, libggml-base and libllama each, and
+    # llama.cpp's tokenizer died of SIGSEGV in std::regex. Two such libraries here, and two that
+    # share the system's libstdc++.so.6.
+    libs = {n: _cxx_lib(tmp_path, n, static) for n, static in
+            (("own1", True), ("own2", True), ("shared1", False), ("shared2", False))}
+    if None in libs.values():
+        pytest.skip("needs g++ with a static libstdc++ (libstdc++-dev)")
+    assert len(cxx_runtimes([libs["shared1"], libs["shared2"]])) == 1
+    copies = cxx_runtimes(list(libs.values()))
+    assert len(copies) == 3  # two private copies and the shared one
+    assert sorted(len(v) for v in copies.values()) == [1, 1, 2]
+    assert cxx_runtimes([tmp_path / "missing.so"]) == {}
+
+
+def test_the_installed_llama_cpp_uses_one_cxx_runtime():
+    import llama_cpp
+
+    libs = sorted({p.resolve() for p in (Path(llama_cpp.__file__).parent / "lib").glob("lib*.so*")})
+    assert len(cxx_runtimes(libs)) == 1
+    check_cxx_runtime()  # and the check that every Engine runs passes
