@@ -9,6 +9,14 @@
 # LLAMA: an installed llama_cpp package folder built elsewhere (e.g. a CUDA build made on a CPU
 #   machine with the toolkit, see README "GPU"), or a llama-cpp-python source archive, built here
 #   CPU-only natively (the `cpu` part needs no CUDA) or with CUDA when LLAMA_CUDA=1.
+#   The H200 check (README "GPU") carried a build made on a 2-core CPU machine (~70 min) with
+#   CUDA 13.0's nvcc and pip's nvidia-cublas headers/libraries merged into one CUDAToolkit_ROOT:
+#   CMAKE_ARGS="-DGGML_CUDA=on -DCMAKE_CUDA_ARCHITECTURES=90-real -DGGML_CUDA_FA=OFF
+#   -DGGML_CUDA_NO_VMM=ON -DGGML_NATIVE=OFF -DGGML_AVX512=ON (+ VBMI, VNNI, BF16, AMX_TILE/INT8/BF16)
+#   -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_TOOLS=OFF -DLLAMA_BUILD_EXAMPLES=OFF" (NO_VMM: no libcuda
+#   to link against there); at run time it finds libcudart/libcublas in the machine's torch. Such a
+#   build runs only on CPUs with those instruction sets. The machine's own compiler links libstdc++
+#   statically, which llama.cpp does not survive (README "CPUs"): do not build there.
 # WHEELS_DIR: wheels of the Python packages the machine lacks (installed with --no-deps).
 # PART: cpu (AMX host: load ladder, tests/test_cpu.py), buffers (extra buffers on/off per type), gpu (engine on CUDA vs
 #   CPU), train (LoRA training on CUDA vs TRL's defaults), adapter (a LoRA trained on CUDA, applied by
