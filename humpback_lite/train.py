@@ -225,7 +225,9 @@ def train_lora(
     trainer.remove_callback(PrinterCallback)  # our progress bar replaces the per-step dict prints
     n_tokens = sum(len(x["input_ids"]) for x in trainer.train_dataset)
     t0 = time.time()
-    with _labelled_positions_only(), _adapter_inputs_as_they_are(trainer.model, peft_cfg is not None):
+    # only in bf16 training: in float32 the adapters over an nf4 base are still bf16 and need the cast
+    as_they_are = peft_cfg is not None and train_dtype(cfg.dtype) == "bfloat16"
+    with _labelled_positions_only(), _adapter_inputs_as_they_are(trainer.model, as_they_are):
         result = trainer.train()
     seconds = time.time() - t0
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
