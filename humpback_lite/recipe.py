@@ -16,6 +16,8 @@ from typing import Any, Literal
 
 import yaml
 
+from .hardware import Dtype
+
 # Curation vocabulary (signals.py computes them): rubric modes read the paper's 5-point rubric.
 RUBRIC_MODES = ("expected", "greedy", "reasoning")
 LIKELIHOOD_SIGNALS = ("pmi", "ifd", "backward")
@@ -222,7 +224,7 @@ class TrainConfig:
     quantize: Literal["nf4", "none"] = "nf4"
     """Base weights while training: 4-bit nf4 (QLoRA, bitsandbytes) or unquantized (in `dtype`). For a
     base that is itself a 4-bit GGUF, nf4 rounds the weights a second time (see recipes/quickstart)."""
-    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    dtype: Dtype = "auto"
     """What training computes in (the base weights, nf4's compute dtype, autocast). `auto`: bf16 where
     the hardware has it (CUDA compute capability 8.0+, CPUs with avx512_bf16 or amx_bf16), float16 on
     older GPUs, float32 on other CPUs, where bf16 is emulated ~40x slower. The setting is part of a

@@ -226,7 +226,8 @@ def train_lora(
     n_tokens = sum(len(x["input_ids"]) for x in trainer.train_dataset)
     t0 = time.time()
     # only in bf16 training: in float32 the adapters over an nf4 base are still bf16 and need the cast
-    as_they_are = peft_cfg is not None and train_dtype(cfg.dtype) == "bfloat16"
+    dtype = train_dtype(cfg.dtype)
+    as_they_are = peft_cfg is not None and dtype == "bfloat16"
     with _labelled_positions_only(), _adapter_inputs_as_they_are(trainer.model, as_they_are):
         result = trainer.train()
     seconds = time.time() - t0
@@ -244,7 +245,7 @@ def train_lora(
             seconds=round(seconds, 1), tokens_per_second=round(seen / seconds, 1) if seen else None,
             backend="unsloth" if peft_cfg is None else "transformers",
             extra={"tokens_per_epoch": n_tokens, "quantize": cfg.quantize, "processes": _world(),
-                   "dtype": train_dtype(cfg.dtype)})
+                   "dtype": dtype})
         (tmp / "train_stats.json").write_text(json.dumps(stats.to_json(), indent=2))
     del trainer, model
     _release_memory()
@@ -297,6 +298,7 @@ def _sft_config(cfg: TrainConfig, output_dir: Path, seed: int, cuda: bool, world
 
     from trl import SFTConfig
 
+    dtype = train_dtype(cfg.dtype)
     # train.group_by_length: batches of rows of similar length, in random order (transformers'
     # length-grouped sampler: random megabatches of up to 50 batches, each sorted by length), as a
     # padded batch costs its longest row times its size. On the quickstart's round-1 rows, random
@@ -328,8 +330,8 @@ def _sft_config(cfg: TrainConfig, output_dir: Path, seed: int, cuda: bool, world
         data_seed=seed,
         use_cpu=not cuda,
         # autocast in the dtype the weights were loaded in (`train.dtype`); fp16 gets loss scaling
-        bf16=train_dtype(cfg.dtype) == "bfloat16",
-        fp16=train_dtype(cfg.dtype) == "float16" and cuda,
+        bf16=dtype == "bfloat16",
+        fp16=dtype == "float16" and cuda,
         dataloader_num_workers=0,
         disable_tqdm=True,
         # TRL turns activation checkpointing on by default; for small models on a CPU it only
