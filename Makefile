@@ -1,8 +1,10 @@
-.PHONY: install test lint bench quickstart
+.PHONY: install test test-fast lint bench quickstart
 install:
 	pip install -e '.[test]'
 test:
 	python -m pytest -q
+test-fast:  # no real model loaded, no training: the orchestration, readers, recipes, stores
+	python -m pytest -q -m "not slow"
 lint:
 	ruff check humpback_lite tests benchmarks
 bench:

@@ -21,7 +21,8 @@ from humpback_lite import prompts
 from humpback_lite.corpus import segment
 from humpback_lite.engine import Engine
 from humpback_lite.hardware import train_dtype
-from humpback_lite.models import fetch, get_card, runtime_gguf
+from humpback_lite.models import fetch, get_card
+from humpback_lite.runtime import runtime_gguf
 from humpback_lite.seed import load_seed
 from humpback_lite.train import prepare_weights
 

@@ -26,7 +26,8 @@ import numpy as np
 from humpback_lite import prompts
 from humpback_lite.engine import Engine
 from humpback_lite.evaluate import Judge, answer_nll, matchups_of, mean_nll
-from humpback_lite.models import fetch, get_card, runtime_gguf
+from humpback_lite.models import fetch, get_card
+from humpback_lite.runtime import runtime_gguf
 from humpback_lite.seed import load_seed
 from humpback_lite.train import prepare_weights
 

@@ -57,12 +57,12 @@ def main() -> None:
         return
 
     from humpback_lite.engine import AMX_FLAGS, cpu_flags, use_extra_buffers
-    from humpback_lite.models import fetch, get_card, runtime_gguf
+    from humpback_lite.hardware import cpu_name
+    from humpback_lite.models import fetch, get_card
+    from humpback_lite.runtime import runtime_gguf
 
     base = Path(a.gguf) if a.gguf else fetch(get_card("smollm2-135m"))
-    model = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
-                  if ln.startswith("model name")), "?") if Path("/proc/cpuinfo").exists() else "?"
-    print(f"CPU: {model}; AMX flags: {sorted(AMX_FLAGS & cpu_flags()) or 'none'}; "
+    print(f"CPU: {cpu_name()}; AMX flags: {sorted(AMX_FLAGS & cpu_flags()) or 'none'}; "
           f"auto -> extra buffers {'on' if use_extra_buffers('auto') else 'off'}")
     print(f"{'type':10} {'setting':8} {'prompt tok/s':>13} {'gen tok/s':>10}")
     for kind in a.types.split(","):

@@ -4,12 +4,13 @@
 
 Runs the recipe into DIR (default: a fresh temp folder; an existing finished run is only read), then
 prints each stage's seconds and share of the total, the training stages' tokens/s, and the total
-in minutes. Run it alone on the machine: anything else on the cores distorts every figure.
+in minutes, and the peak resident memory. Run it alone on the machine: anything else on the cores distorts every figure.
 """
 
 from __future__ import annotations
 
 import argparse
+import resource
 import tempfile
 import time
 from pathlib import Path
@@ -40,6 +41,9 @@ def main() -> None:
         note = f"{c.tokens_per_second} tokens/s over {c.rows} rows" if c.tokens_per_second else ""
         print(f"{name:18} {sec:8.1f} {sec / total:6.1%}  {note}")
     print(f"stages {total / 60:.1f} min; this command {wall / 60:.1f} min (a resumed run only counts what ran); {out}")
+    # ru_maxrss is KiB on Linux; the loop runs every stage in this process (children: converters)
+    peak = max(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
+    print(f"peak RSS {peak / 2**20:.2f} GiB")
 
 
 if __name__ == "__main__":

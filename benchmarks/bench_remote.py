@@ -30,8 +30,9 @@ from humpback_lite import prompts
 from humpback_lite.corpus import segment
 from humpback_lite.engine import Engine
 from humpback_lite.engines import make
-from humpback_lite.models import fetch, get_card, runtime_gguf
+from humpback_lite.models import fetch, get_card
 from humpback_lite.recipe import EngineConfig
+from humpback_lite.runtime import runtime_gguf
 
 
 def start_server(gguf: Path, folder: Path) -> tuple[subprocess.Popen, str]:

@@ -5,7 +5,8 @@
 Inputs are generated here: web-like pages (navigation, footer, headings, paragraphs recombined from
 Python's reference text with random words, so dedup keeps most of them), the same pages in a
 gzipped WARC written with warcio, and plain text. Each run is a fresh subprocess, so its peak RSS
-is its own. Prints medians over runs; memory should stay flat as the input grows.
+is its own. Prints medians over runs; memory should stay flat as the input grows. Then the yield of
+each documentation generator's sample page (tests/data/docgen) at the default settings.
 """
 
 from __future__ import annotations
@@ -119,6 +120,26 @@ def main() -> None:
                 r = measure(path, mb, args.runs)
                 print(f"{kind:8} {mb:5d} {r['mb_s']:7.2f} {r['seg_s']:11.1f} {r['rss']:12.0f} {r['segments']:9d}", flush=True)
     print(f"(medians of {args.runs} runs; MB = uncompressed bytes; default filters and workers; RSS of the parent)")
+    generator_yields()
+
+
+def generator_yields() -> None:
+    """What reaches segments from each documentation generator's HTML (tests/data/docgen: one manual
+    rendered by each), at the default settings: the share of the extracted text, and of the
+    segments that carry a heading."""
+    from humpback_lite import corpus
+    from humpback_lite.corpus import Filters
+    from humpback_lite.store import read_jsonl
+
+    samples = Path(__file__).resolve().parent.parent / "tests" / "data" / "docgen"
+    print(f"\n{'generator':16} {'text kept':>9} {'segments':>9} {'with heading':>13}")
+    with tempfile.TemporaryDirectory() as td:
+        for page in sorted(samples.glob("*.html")):
+            out = Path(td) / f"{page.stem}.jsonl"
+            counts = corpus.run([str(page)], out, Filters())
+            rows = read_jsonl(out)
+            headed = sum(1 for r in rows if r["heading"]) / len(rows)
+            print(f"{page.stem:16} {counts.text_yield:9.0%} {len(rows):9d} {headed:13.0%}")
 
 
 if __name__ == "__main__":

@@ -35,7 +35,7 @@ RUNGS = [
      ["from humpback_lite.engine import _default_params, use_extra_buffers",
       "ctx = _default_params({'use_extra_bufts': use_extra_buffers('auto')}, {'n_seq_max': 1})"], ""),
     ("+ crashguard installed", ["from humpback_lite import crashguard", "crashguard.install()"], ""),
-    ("+ stderr captured", ["from humpback_lite.models import quiet_stderr", "quiet = quiet_stderr()"], ""),
+    ("+ stderr captured", ["from humpback_lite.crashguard import quiet_stderr", "quiet = quiet_stderr()"], ""),
 ]
 EVAL = "llm.eval(llm.tokenize(b'The capital of France is', add_bos=False))\nprint('ok', flush=True)\n"
 

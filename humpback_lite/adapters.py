@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from .models import gguf_header
 from .store import atomic_path
 
 
@@ -30,13 +31,10 @@ class AdapterError(ValueError):
 
 def gguf_model_info(path: str | Path) -> dict[str, Any]:
     """Architecture and attention shape of a base GGUF (read without loading tensors)."""
-    import gguf
-
-    reader = gguf.GGUFReader(str(path))
+    header = gguf_header(path)
 
     def field(key: str) -> Any:
-        f = reader.fields.get(key)
-        return f.contents() if f is not None else None
+        return header.metadata.get(key)
 
     arch = field("general.architecture")
     if arch is None:
@@ -47,7 +45,7 @@ def gguf_model_info(path: str | Path) -> dict[str, Any]:
         "n_head_kv": field(f"{arch}.attention.head_count_kv") or field(f"{arch}.attention.head_count"),
         "n_blocks": field(f"{arch}.block_count"),
         "file_type": field("general.file_type"),
-        "tensors": {t.name: tuple(int(x) for x in t.shape) for t in reader.tensors},
+        "tensors": {name: shape for name, (shape, _) in header.tensors.items()},
     }
 
 
@@ -181,13 +179,13 @@ def merge_gguf(base_gguf: str | Path, adapter_gguf: str | Path, out: str | Path,
     """Fold a GGUF LoRA into its base: W' = W + alpha/r * B @ A for every adapted tensor.
 
     The merged tensors are computed in float32 (gguf-py dequantizes the base's) and handed to
-    llama.cpp's own quantizer (`models.quantize_gguf`), which writes them as `out_type`: "base"
+    llama.cpp's own quantizer (`runtime.quantize_gguf`), which writes them as `out_type`: "base"
     keeps each tensor's own type (Q4_1 for the embedded model), or a ggml type name (Q8_0, Q4_K,
     F16, ...). Every other tensor keeps its type and bytes; the metadata is copied."""
     import gguf
     from gguf import GGMLQuantizationType as QT
 
-    from .models import quantize_gguf
+    from .runtime import quantize_gguf
 
     base = gguf.GGUFReader(str(base_gguf))
     lora = _read_lora(gguf.GGUFReader(str(adapter_gguf)), adapter_gguf, _field(base, "general.architecture"))

@@ -12,19 +12,19 @@ import hashlib
 from collections.abc import Callable
 from pathlib import Path
 
-from . import prompts, ui
-from .engine import Engine
-from .engines import EngineFactory
+from . import prompts
+from .engines import EngineFactory, EngineLike
 from .layout import AugmentCounts
+from .progress import Progress, silent
 from .recipe import AugmentConfig, RayConfig
-from .store import read_jsonl, resume_jsonl_windows, resume_window
+from .store import read_jsonl, resume_jsonl_windows, resume_window, unique_ids
 
 
 def item_seed(seed: int, item_id: str) -> int:
     return int(hashlib.sha256(f"{seed}:{item_id}".encode()).hexdigest()[:8], 16) % (2**31 - 1)
 
 
-def backward_prompt(engine: Engine, text: str, max_segment_tokens: int) -> str:
+def backward_prompt(engine: EngineLike, text: str, max_segment_tokens: int) -> str:
     return engine.format(prompts.backward_messages(engine.truncate(text, max_segment_tokens)))
 
 
@@ -34,7 +34,7 @@ def _pair(seg: dict, raw: str) -> dict:
             "raw": raw}
 
 
-def write_window(engine: Engine, segs: list[dict], emit: Callable[[dict, dict], None], cfg: AugmentConfig,
+def write_window(engine: EngineLike, segs: list[dict], emit: Callable[[dict, dict], None], cfg: AugmentConfig,
                  seed: int) -> None:
     """One resume window: every segment's instruction, `engine.parallel` per decode."""
     engine.generate_many([backward_prompt(engine, s["text"], cfg.max_segment_tokens) for s in segs],
@@ -44,7 +44,7 @@ def write_window(engine: Engine, segs: list[dict], emit: Callable[[dict, dict], 
 
 
 def augment(
-    engine: Engine,
+    engine: EngineLike,
     segments: list[dict],
     out_path: str | Path,
     cfg: AugmentConfig,
@@ -60,13 +60,14 @@ def augment(
 
 
 def run(segments: Path, out: Path, cfg: AugmentConfig, engines: EngineFactory, adapter: Path | None,
-        seed: int = 0, progress=ui.progress, ray: RayConfig | None = None) -> AugmentCounts:
+        seed: int = 0, progress: Progress = silent, ray: RayConfig | None = None) -> AugmentCounts:
     """The augment stage: `segments` (JSONL with `text`; `id` assigned by line when missing) ->
     `out` (pairs, appended and resumable), written by the backward model `adapter`; with `ray`,
     by Ray workers, each holding its own engine (`engines` must then be an `Engines`)."""
     rows = read_jsonl(segments, required=("text",))
     for i, r in enumerate(rows):
         r.setdefault("id", f"seg-{i:06d}")
+    unique_ids(rows, segments)
     with progress("augment", len(rows)) as advance:
         if ray is not None:
             from .cluster import RayPool

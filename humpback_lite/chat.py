@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from . import prompts
-from .engine import Engine
+from .engines import EngineLike
 
 
 def run_model(run_dir: str | Path) -> tuple[Path, Path | None]:
@@ -27,7 +27,7 @@ class Chat:
     """Keeps the conversation; the system prompt is the seed tag the model was trained with.
     When the history no longer fits the context, the oldest turns are dropped."""
 
-    def __init__(self, engine: Engine, system: str = prompts.SEED_TAG, max_tokens: int = 256,
+    def __init__(self, engine: EngineLike, system: str = prompts.SEED_TAG, max_tokens: int = 256,
                  temperature: float = 0.7, seed: int = 0):
         self.engine = engine
         self.system = system

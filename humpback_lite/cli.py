@@ -9,8 +9,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import click
+from rich.markup import escape  # paths, values and model text are printed as text, never as markup
 
-from . import __version__
+from . import __version__, ui
 
 if TYPE_CHECKING:
     from .recipe import EngineConfig
@@ -40,7 +41,8 @@ class _Group(click.Group):
                           "rerun the same command to resume", highlight=False, soft_wrap=True)
             sys.exit(130)
         except _errors() as e:
-            console.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
+            # the message quotes the user's paths and values: `runs/[exp1]` is text, not markup
+            console.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
             sys.exit(1)
 
 
@@ -72,13 +74,34 @@ def engine_options(f):
     return wrapper
 
 
-def _engines(model: str | Path, cfg: EngineConfig, seed: int = 0, runtime_type: str = "bf16"):
-    """`adapter -> Engine` as the loop builds it for this model (same runtime tensor type)."""
+def _engines(model: str | Path, cfg: EngineConfig, seed: int = 0, runtime_type: str | None = None):
+    """`adapter -> Engine` as the loop builds it for this model (the recipe's runtime tensor type
+    unless `runtime_type` says otherwise)."""
     from dataclasses import replace
 
     from .engines import factory
 
-    return factory(model, replace(cfg, runtime_type=runtime_type), seed)
+    return factory(model, replace(cfg, runtime_type=runtime_type) if runtime_type else cfg, seed)
+
+
+def _identity(engines, **parts) -> dict:
+    """What a stand-alone command's output depends on (store.claim_output): files by digest, config
+    sections as data, the model by its file and the engine settings that change texts."""
+    from dataclasses import asdict, is_dataclass
+
+    from .graph import ENGINE_SAME
+    from .models import file_key
+    from .store import file_digest
+
+    engine = {k: v for k, v in asdict(engines.cfg).items() if f"engine.{k}" not in ENGINE_SAME}
+    out: dict = {"model": file_key(Path(engines.gguf)), "engine": engine}  # path, size, mtime: no hashing GBs
+    for name, value in parts.items():
+        if is_dataclass(value):
+            value = asdict(value)
+        elif isinstance(value, (str, Path)) and name in {"segments", "pairs", "adapter", "backward_adapter"}:
+            value = file_digest(value)
+        out[name] = value
+    return out
 
 
 # ----------------------------------------------------------------------------- the loop
@@ -99,11 +122,11 @@ def run(recipe: str, overrides: tuple[str, ...], out_dir: str | None) -> None:
 
     rec = load_recipe(recipe, overrides)
     out = Path(out_dir or Path("runs") / rec.name)
-    console.print(f"run folder: [bold]{out}[/] (rerun the same command to resume)")
-    run_dir = run_loop(rec, out)  # writes the report too
+    console.print(f"run folder: [bold]{escape(str(out))}[/] (rerun the same command to resume)")
+    run_dir = run_loop(rec, out, progress=ui.progress, say=ui.say)  # writes the report too
     _print_status(run_dir.root)
     _print_summary(run_dir.root)
-    console.print(f"[green]done:[/] {run_dir.root / 'export'}")
+    console.print(f"[green]done:[/] {escape(str(run_dir.root / 'export'))}")
 
 
 @main.command("serve-config")
@@ -120,14 +143,16 @@ def serve_config(recipe: str, overrides: tuple[str, ...], out_dir: str | None, h
     import json
 
     from .engines import resolve
-    from .models import runtime_gguf
+    from .graph import adapter_stages
     from .recipe import load_recipe
     from .remote import llama_cpp_server_config
+    from .runtime import runtime_path
 
     rec = load_recipe(recipe, overrides)
-    base = runtime_gguf(resolve(rec.model), rec.engine.runtime_type)  # the file a local engine runs
-    click.echo(json.dumps(llama_cpp_server_config(rec, Path(out_dir or Path("runs") / rec.name), base, host, port),
-                          indent=2))
+    base = runtime_path(resolve(rec.model), rec.engine)  # the file a local engine runs
+    run_dir = Path(out_dir or Path("runs") / rec.name)
+    adapters = [run_dir / stage / "adapter.gguf" for stage in adapter_stages(rec)]
+    click.echo(json.dumps(llama_cpp_server_config(rec.engine, base, adapters, host, port), indent=2))
 
 
 @main.command()
@@ -139,11 +164,16 @@ def evaluate(run_dir: str, overrides: tuple[str, ...], judge: str | None, limit:
     """Score every model of RUN_DIR on its held-out seed pairs: NLL and win rates.
 
     Evaluates base, M0 .. Mn, then refreshes the model card and the report. OVERRIDES are recipe
-    keys, e.g. evaluate.max_new_tokens=64."""
+    keys, e.g. evaluate.max_new_tokens=64. They are saved in RUN_DIR/recipe.yaml (said when
+    given): the folder's recipe describes what its stages hold, so a later `humpback run` does not
+    redo the evaluation with the old settings."""
     from .loop import load_run
 
-    extra = list(overrides) + ([f"evaluate.judge={judge}"] if judge else []) + ([f"evaluate.limit={limit}"] if limit else [])
-    load_run(run_dir, extra).evaluate()  # refreshes card and report
+    extra = list(overrides) + ([f"evaluate.judge={judge}"] if judge else [])
+    extra += [f"evaluate.limit={limit}"] if limit is not None else []  # 0 is refused by the recipe, not ignored
+    load_run(run_dir, extra, progress=ui.progress, say=ui.say).evaluate()  # refreshes card and report
+    if extra:
+        ui.say(f"{Path(run_dir) / 'recipe.yaml'} now holds {' '.join(extra)}")
     _print_summary(Path(run_dir))
 
 
@@ -156,7 +186,9 @@ def report(run_dir: str) -> None:
 
 def _print_report(root: Path) -> None:
     from .report import gather, write_report
+    from .store import Run
 
+    Run.existing(root)
     g = gather(root)
     write_report(root, g)
     _print_summary(root, g)
@@ -167,7 +199,7 @@ def _print_summary(root: Path, g: dict | None = None) -> None:
     from .ui import console
 
     console.print(summary_table(g or gather(root)))
-    console.print(f"report: [bold]{root / 'report' / 'index.html'}[/]", highlight=False, soft_wrap=True)
+    console.print(f"report: [bold]{escape(str(root / 'report' / 'index.html'))}[/]", highlight=False, soft_wrap=True)
 
 
 @main.command()
@@ -185,7 +217,7 @@ def push(run_dir: str, repo: str, dry_run: bool, private: bool, no_merged: bool,
     files = do_push(Path(run_dir) / "export", repo, dry_run=dry_run, private=private, token=token,
                     include_merged=not no_merged)
     for name, size in files:
-        console.print(f"  {name}  [dim]{size / 2**20:.1f} MB[/]", highlight=False)
+        console.print(f"  {escape(str(name))}  [dim]{size / 2**20:.1f} MB[/]", highlight=False)
     verb = "would upload" if dry_run else "uploaded"
     console.print(f"{verb} {len(files)} files ({sum(s for _, s in files) / 2**20:.1f} MB) to "
                   f"https://huggingface.co/{repo}", highlight=False, soft_wrap=True)
@@ -217,7 +249,7 @@ def chat(run_dir: str | None, model: str, adapter: str | None, system: str | Non
     # The file as it is: chat generates token by token, where Q8_0 (the merged export) beats BF16.
     engine = _engines(gguf, engine_cfg, runtime_type="original")(lora, batched=False)
     session = Chat(engine, system or prompts.SEED_TAG, max_tokens=max_tokens, temperature=temperature)
-    console.print(f"chatting with {gguf.name}" + (f" + {lora.name}" if lora else "") + "; /exit quits, /reset starts over",
+    console.print(escape(f"chatting with {gguf.name}" + (f" + {lora.name}" if lora else "")) + "; /exit quits, /reset starts over",
                   highlight=False, soft_wrap=True)
     try:
         while True:
@@ -232,9 +264,9 @@ def chat(run_dir: str | None, model: str, adapter: str | None, system: str | Non
                 continue
             if text.strip():
                 try:
-                    console.print(f"[bold cyan]model>[/] {session.reply(text)}", highlight=False, soft_wrap=True)
+                    console.print(f"[bold cyan]model>[/] {escape(session.reply(text))}", highlight=False, soft_wrap=True)
                 except ContextError as e:  # the conversation goes on
-                    console.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
+                    console.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
     finally:
         engine.close()
 
@@ -247,7 +279,7 @@ def status(run_dir: str, as_json: bool) -> None:
     if as_json:
         from .store import Run
 
-        click.echo(json.dumps(Run(run_dir).manifest, indent=2))
+        click.echo(json.dumps(Run.existing(run_dir).manifest, indent=2))
         return
     _print_status(Path(run_dir))
 
@@ -269,7 +301,7 @@ def _print_status(root: Path) -> None:
     from .store import Run
     from .ui import console
 
-    run_ = Run(root)
+    run_ = Run.existing(root)
     try:  # judged against the run's recipe: out-of-date stages and rounds it no longer has
         states = load_run(root).states()
     except RecipeError:
@@ -317,21 +349,36 @@ def models() -> None:
 # ----------------------------------------------------------------------------- single stages on plain files
 
 
+def _filter_option(name: str, *decls: str, **kw):
+    """A `humpback segment` option for one corpus filter, with the default and help of its one
+    description (recipe.CorpusFilters, the recipe's `data` fields of the same name)."""
+    import dataclasses
+
+    from .recipe import CorpusFilters, field_docs
+
+    f = next(f for f in dataclasses.fields(CorpusFilters) if f.name == name)
+    help_ = field_docs(CorpusFilters)[name] + f" (recipe: data.{name})"
+    if f.type in (list[str], "list[str]"):
+        return click.option(*decls, name, multiple=True, help=help_ + " Repeatable.", **kw)
+    return click.option(*decls, name, default=f.default, show_default=True, help=help_, **kw)
+
+
 @main.command()
 @click.argument("inputs", nargs=-1, required=True)
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="segments.jsonl to write.")
-@click.option("--min-chars", default=600, show_default=True)
-@click.option("--max-chars", default=3000, show_default=True)
+@_filter_option("min_chars", "--min-chars")
+@_filter_option("max_chars", "--max-chars")
 @click.option("--max-segments", type=int, default=None, help="A uniform sample of this many segments.")
-@click.option("--field", "text_field", default="text", show_default=True, help="Text column of jsonl/csv/parquet/hf.")
-@click.option("--include", multiple=True, help="Glob of files to read inside folders (repeatable).")
-@click.option("--exclude", multiple=True, help="Glob of files to skip inside folders (repeatable).")
-@click.option("--dedup", type=click.Choice(["minhash", "exact", "none"]), default="minhash", show_default=True)
-@click.option("--dedup-threshold", default=0.8, show_default=True)
-@click.option("--repetition", default=0.3, show_default=True, help="Max share of repeated 3-grams (0 = off).")
-@click.option("--language", type=click.Choice(["en"]), default=None)
-@click.option("--keep-headers", is_flag=True, help="Keep sections under empty/all-caps/navigation headings.")
-@click.option("--keep-boilerplate", is_flag=True, help="Keep cookie/menu/share lines.")
+@_filter_option("text_field", "--field")
+@_filter_option("include", "--include")
+@_filter_option("exclude", "--exclude")
+@_filter_option("dedup", "--dedup", type=click.Choice(["minhash", "exact", "none"]))
+@_filter_option("dedup_threshold", "--dedup-threshold")
+@_filter_option("repetition", "--repetition")
+@_filter_option("language", "--language", type=click.Choice(["en"]))
+@click.option("--keep-headers", is_flag=True, help="Keep sections under empty/all-caps/navigation headings "
+              "(recipe: data.headers=false).")
+@click.option("--keep-boilerplate", is_flag=True, help="Keep cookie/menu/share lines (recipe: data.boilerplate=false).")
 @click.option("--workers", type=int, default=None, help="Processes for extraction (default: auto, by input size).")
 def segment(inputs, output, min_chars, max_chars, max_segments, text_field, include, exclude, dedup,
             dedup_threshold, repetition, language, keep_headers, keep_boilerplate, workers) -> None:
@@ -346,11 +393,12 @@ def segment(inputs, output, min_chars, max_chars, max_segments, text_field, incl
                              boilerplate=not keep_boilerplate, language=language, dedup=dedup,
                              dedup_threshold=dedup_threshold, text_field=text_field, include=list(include),
                              exclude=list(exclude))
-    warn = lambda w: console.print(w, highlight=False, soft_wrap=True)  # noqa: E731
-    counts = corpus.run(list(inputs), Path(output), filters, max_segments, workers=workers, warn=warn)
+    warn = lambda w: console.print(w, style="yellow", markup=False, highlight=False, soft_wrap=True)  # noqa: E731
+    counts = corpus.run(list(inputs), Path(output), filters, max_segments, workers=workers, progress=ui.progress,
+                        warn=warn)
     console.print(funnel_table(counts.funnel))
     share = f" ({counts.text_yield:.0%} of the extracted text)" if counts.text_yield is not None else ""
-    console.print(f"{counts.segments} segments -> {output}{share}")
+    console.print(escape(f"{counts.segments} segments -> {output}{share}"))
 
 
 @main.command()
@@ -367,12 +415,15 @@ def augment(segments, output, model, adapter, temperature, top_p, max_new_tokens
     """Write an instruction for every segment (self-augmentation with a backward model)."""
     from . import augment as stage
     from .recipe import AugmentConfig
+    from .store import claim_output
     from .ui import console
 
     cfg = AugmentConfig(temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens)
-    counts = stage.run(Path(segments), Path(output), cfg, _engines(model, engine_cfg, seed),
-                       Path(adapter) if adapter else None, seed)
-    console.print(f"{counts.pairs} pairs -> {output}")
+    engines = _engines(model, engine_cfg, seed)
+    claim_output(output, _identity(engines, segments=segments, adapter=adapter, augment=cfg, seed=seed), "augment")
+    counts = stage.run(Path(segments), Path(output), cfg, engines,
+                       Path(adapter) if adapter else None, seed, progress=ui.progress)
+    console.print(escape(f"{counts.pairs} pairs -> {output}"))
 
 
 @main.command()
@@ -382,7 +433,7 @@ def augment(segments, output, model, adapter, temperature, top_p, max_new_tokens
 @click.option("--adapter", type=click.Path(exists=True, dir_okay=False), help="Judge GGUF LoRA (e.g. M0).")
 @click.option("--mode", type=click.Choice(["expected", "greedy", "reasoning", "pmi", "ifd", "backward", "combined"]),
               default="expected", show_default=True,
-              help="Rubric (expected, greedy, reasoning) or likelihood signal (see README, Curation).")
+              help="Rubric (expected, greedy, reasoning) or likelihood signal (see docs/curation.md).")
 @click.option("--backward-adapter", type=click.Path(exists=True, dir_okay=False),
               help="Backward-model GGUF LoRA (M_yx), for the backward signal.")
 @click.option("--instruction-field", help="Field holding the instruction (default: auto-detect).")
@@ -399,18 +450,22 @@ def score(pairs, output, model, adapter, mode, backward_adapter, instruction_fie
     signals=[rubric,pmi,backward] combine=[pmi,backward]."""
     from .curate import normalize_pairs, run_score, wanted_signals
     from .recipe import CurateConfig, build
-    from .store import read_jsonl
+    from .store import claim_output, read_jsonl
     from .ui import console
 
     cfg = build(CurateConfig, [f"mode={mode}", "top_fraction=1", *overrides], prefix="curate.")
     rows = normalize_pairs(read_jsonl(pairs), pairs, instruction_field, output_field)
     if "backward" in wanted_signals(cfg) and not backward_adapter:
         raise click.UsageError("the backward signal needs --backward-adapter (a backward model's adapter.gguf)")
-    summary = run_score(rows, Path(output), cfg, _engines(model, engine_cfg),
+    engines = _engines(model, engine_cfg)
+    claim_output(output, _identity(engines, pairs=pairs, adapter=adapter, backward_adapter=backward_adapter,
+                                   curate=cfg, tags=not no_tags, fields=[instruction_field, output_field]), "score")
+    summary = run_score(rows, Path(output), cfg, engines,
                         judge=Path(adapter) if adapter else None,
-                        backward=Path(backward_adapter) if backward_adapter else None, tags=not no_tags)
-    console.print(f"{summary.scored} scored -> {output}; mean {summary.mean_score}"
-                  + (f"; rubric histogram {summary.histogram}" if summary.histogram else ""))
+                        backward=Path(backward_adapter) if backward_adapter else None, tags=not no_tags,
+                        progress=ui.progress)
+    console.print(escape(f"{summary.scored} scored -> {output}; mean {summary.mean_score}"
+                         + (f"; rubric histogram {summary.histogram}" if summary.histogram else "")))
 
 
 @main.command()
@@ -440,8 +495,9 @@ def train(data, output, model, direction, no_tags, overrides) -> None:
         examples = [prompts.backward_row(r) for r in rows]
     else:
         examples = [prompts.forward_row(r, not no_tags) for r in rows]  # `source`: seed (default) | augmented
-    stats = stage.run(examples, Path(output), Path(output) / "adapter.gguf", get_card(model), resolve(model), cfg)
-    console.print(f"adapter -> {output} (+ adapter.gguf); {stats}")
+    stats = stage.run(examples, Path(output), Path(output) / "adapter.gguf", get_card(model), resolve(model), cfg,
+                      progress=ui.progress)
+    console.print(escape(f"adapter -> {output} (+ adapter.gguf); {stats}"))
 
 
 if __name__ == "__main__":  # pragma: no cover

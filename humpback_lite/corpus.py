@@ -21,15 +21,16 @@ import random
 import re
 import zlib
 from collections import Counter
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Iterator
 from functools import partial
 from pathlib import Path
 from typing import Any
 
 from .layout import CorpusCounts
+from .progress import Progress, Say, quiet, silent
 from .readers import CorpusError, Document, Funnel, documents, html_sections, input_bytes  # noqa: F401
-from .store import atomic_path
+from .recipe import CorpusFilters
+from .store import atomic_path, dumps
 
 _SENTENCE = re.compile(r"(?<=[.!?])\s+")
 _WORD = re.compile(r"\w+")
@@ -52,26 +53,9 @@ _EN_STOPWORDS = {"the", "and", "of", "to", "a", "in", "is", "that", "it", "for",
                  "this", "be", "by", "or", "an", "not", "you", "from", "at", "can", "have", "which", "if"}
 
 
-@dataclass
-class Filters:
-    """The corpus settings (recipe section `data`, fields of the same names)."""
-
-    min_chars: int = 600
-    max_chars: int = 3000
-    repetition: float = 0.3
-    headers: bool = True
-    boilerplate: bool = True
-    language: str | None = None
-    dedup: str = "minhash"
-    dedup_threshold: float = 0.8
-    text_field: str = "text"
-    include: list[str] = field(default_factory=list)
-    exclude: list[str] = field(default_factory=list)
-
-    @classmethod
-    def of(cls, data: Any) -> Filters:
-        """The filters a recipe's `data` section describes (same field names)."""
-        return cls(**{f.name: getattr(data, f.name) for f in dataclasses.fields(cls)})
+# The settings are described once, in the recipe (`data` section); `humpback segment` and the stage
+# take the same dataclass.
+Filters = CorpusFilters
 
 
 # ----------------------------------------------------------------------------- per document
@@ -87,15 +71,25 @@ def strip_boilerplate(text: str, funnel: Funnel) -> str:
     return "\n".join(out)
 
 
-def bad_heading(heading: str | None) -> str | None:
-    """Why a heading disqualifies its section (paper: empty, all-caps, navigation-like), or None."""
+def is_man_page(headings: Iterable[str | None]) -> bool:
+    """A manual page (man2html, groff -Thtml): its sections are all-caps by convention (man-pages(7)),
+    NAME first, then SYNOPSIS and DESCRIPTION (a short SYNOPSIS may not survive extraction). The
+    paper's all-caps rule is meant for the shouted banners of web pages ("SUBSCRIBE") and would drop
+    every section of one."""
+    names = {(h or "").strip() for h in headings}
+    return "NAME" in names and bool(names & {"SYNOPSIS", "DESCRIPTION"})
+
+
+def bad_heading(heading: str | None, allcaps: bool = False) -> str | None:
+    """Why a heading disqualifies its section (paper: empty, all-caps, navigation-like), or None.
+    `allcaps`: all-caps headings are the document's convention (a man page), not a reason."""
     if heading is None:
         return None  # the format has no headings
     h = heading.strip().strip(":").strip()
     if not h:
         return "empty_heading"
     letters = [c for c in h if c.isalpha()]
-    if len(letters) >= 4 and all(c.isupper() for c in letters):
+    if len(letters) >= 4 and all(c.isupper() for c in letters) and not allcaps:
         return "allcaps_heading"
     if h.lower() in _NAV_HEADINGS:
         return "navigation_heading"
@@ -137,27 +131,23 @@ def _split_long(par: str, max_chars: int) -> list[str]:
     return pieces
 
 
-def pack(text: str, min_chars: int, max_chars: int) -> tuple[list[str], int]:
+def pack(text: str, min_chars: int, max_chars: int) -> tuple[list[str], list[str]]:
     """Pack paragraphs greedily into segments of at most max_chars; keep those >= min_chars.
-    Returns (segments, number of too-short pieces dropped)."""
+    Returns (segments, the too-short pieces dropped)."""
     blocks: list[str] = []
     for par in paragraphs(text):
         blocks.extend(_split_long(par, max_chars) if len(par) > max_chars else [par])
-    segments, short, cur = [], 0, ""
+    segments: list[str] = []
+    short: list[str] = []
+    cur = ""
     for block in blocks:
         if cur and len(cur) + 2 + len(block) > max_chars:
-            if len(cur) >= min_chars:
-                segments.append(cur)
-            else:
-                short += 1
+            (segments if len(cur) >= min_chars else short).append(cur)
             cur = block
         else:
             cur = f"{cur}\n\n{block}" if cur else block
     if cur:
-        if len(cur) >= min_chars:
-            segments.append(cur)
-        else:
-            short += 1
+        (segments if len(cur) >= min_chars else short).append(cur)
     return segments, short
 
 
@@ -224,28 +214,57 @@ class NearDuplicates:
 # ----------------------------------------------------------------------------- the pipeline
 
 
+# What each funnel count means, and the setting (recipe key / `humpback segment` flag) that keeps it.
+DROPS = {
+    "dropped_empty_heading": ("sections under an empty heading", "data.headers=false / --keep-headers"),
+    "dropped_allcaps_heading": ("sections under an all-caps heading", "data.headers=false / --keep-headers"),
+    "dropped_navigation_heading": ("sections under a navigation heading", "data.headers=false / --keep-headers"),
+    "dropped_too_short": ("pieces shorter than min_chars", "a lower data.min_chars / --min-chars"),
+    "dropped_repetitive": ("repetitive segments", "data.repetition=0 / --repetition 0"),
+    "dropped_language": ("segments not in English", "data.language=null (no --language)"),
+    "dropped_duplicate": ("exact duplicates", "data.dedup=none / --dedup none"),
+    "dropped_near_duplicate": ("near duplicates", "data.dedup=none / --dedup none"),
+}
+
+
+def explain_empty(counts: Counter | dict) -> str:
+    """For the error when nothing is kept: what the inputs held and which filter dropped what, the
+    biggest first, each with the setting that would keep it."""
+    if not counts.get("documents"):
+        return ": no readable document was found (check the paths, data.include / data.exclude, and the warnings above)"
+    drops = sorted(((counts.get(f"chars_{k}", 0), n, k) for k, n in counts.items() if k in DROPS and n), reverse=True)
+    lines = [f"\n  {n} {DROPS[k][0]}, {chars:,} characters (keep them: {DROPS[k][1]})" for chars, n, k in drops]
+    return (f": {counts['documents']} documents, {counts.get('chars_extracted', 0):,} characters of text; dropped:"
+            + "".join(lines)) if lines else f": {counts['documents']} documents and no text in them"
+
+
 def process_document(doc: Document, f: Filters) -> tuple[list[tuple[str, str | None]], Counter]:
     """Everything that needs only one document: HTML extraction, heading rule, boilerplate, packing,
     repetition and language. Runs in worker processes; dedup stays in the parent."""
     counts: Counter = Counter()
     docs = list(html_sections(doc.text, doc.source, doc.offset)) if doc.kind == "html" else [doc]
     counts["documents"] += len(docs) if doc.kind == "html" else 1
+    man = is_man_page(d.heading for d in docs)
     out = []
     for d in docs:
         counts["chars_extracted"] += len(d.text)
-        if f.headers and (why := bad_heading(d.heading)):
+        if f.headers and (why := bad_heading(d.heading, allcaps=man)):
             counts[f"dropped_{why}"] += 1
+            counts[f"chars_dropped_{why}"] += len(d.text)
             continue
         funnel = Funnel(counts=counts)
         text = strip_boilerplate(d.text, funnel) if f.boilerplate else d.text
         segs, short = pack(text, f.min_chars, f.max_chars)
-        counts["dropped_too_short"] += short
+        counts["dropped_too_short"] += len(short)
+        counts["chars_dropped_too_short"] += sum(map(len, short))
         for seg in segs:
             counts["candidates"] += 1
             if f.repetition and repetition(seg) > f.repetition:
                 counts["dropped_repetitive"] += 1
+                counts["chars_dropped_repetitive"] += len(seg)
             elif f.language == "en" and not looks_english(seg):
                 counts["dropped_language"] += 1
+                counts["chars_dropped_language"] += len(seg)
             else:
                 out.append((seg, d.heading))
     return out, counts
@@ -280,10 +299,12 @@ def iter_segments(refs: list[str], f: Filters, funnel: Funnel,
                         h = _norm_hash(text)
                         if h in exact:
                             funnel.counts["dropped_duplicate"] += 1
+                            funnel.counts["chars_dropped_duplicate"] += len(text)
                             continue
                         exact.add(h)
                         if near is not None and near.seen(text):
                             funnel.counts["dropped_near_duplicate"] += 1
+                            funnel.counts["chars_dropped_near_duplicate"] += len(text)
                             continue
                     funnel.counts["kept"] += 1
                     funnel.counts["chars_kept"] += len(text)
@@ -329,7 +350,6 @@ def write_segments(refs: list[str], out: str | Path, filters: Filters, max_segme
                    workers: int | None = None) -> Funnel:
     """Stream segments to a JSONL file, written atomically. Without max_segments nothing is held
     in memory but the dedup index."""
-    import json
 
     if max_segments is not None:
         records, funnel = segment(refs, filters.min_chars, filters.max_chars, max_segments, filters, seed, on_bytes,
@@ -341,24 +361,24 @@ def write_segments(refs: list[str], out: str | Path, filters: Filters, max_segme
                   for n, rec in enumerate(iter_segments(refs, filters, funnel, on_bytes, workers)))
     with atomic_path(out) as tmp, open(tmp, "w", encoding="utf-8") as fh:
         for rec in stream:
-            fh.write(json.dumps({"id": rec["id"], **{k: v for k, v in rec.items() if k != "id"}},
-                                ensure_ascii=False) + "\n")
+            fh.write(dumps({"id": rec["id"], **{k: v for k, v in rec.items() if k != "id"}}) + "\n")
     return funnel
 
 
 def run(refs: list[str], out: Path, filters: Filters, max_segments: int | None = None, seed: int = 0,
-        workers: int | None = None, progress=None, warn: Callable[[str], None] | None = None) -> dict[str, Any]:
+        workers: int | None = None, progress: Progress = silent, warn: Say = quiet) -> dict[str, Any]:
     """The corpus stage: segment `refs` into `out`; an error (and no file) when nothing is left."""
-    from . import ui
-
-    with (progress or ui.progress)("segment (bytes)", input_bytes(refs)) as advance:
+    if max_segments is not None and max_segments < 1:
+        raise CorpusError(f"max_segments: must be >= 1 (got {max_segments})")
+    with progress("segment (bytes)", input_bytes(refs)) as advance:
         funnel = write_segments(refs, out, filters, max_segments, seed, on_bytes=advance, workers=workers)
     for w in funnel.warnings:
-        (warn or ui.info)(f"[yellow]warning:[/] {w}")
+        warn(f"warning: {w}")
     kept = funnel.counts["sampled"] or funnel.counts["kept"]
     if not kept:
         Path(out).unlink(missing_ok=True)
-        raise CorpusError(f"no segments of {filters.min_chars}-{filters.max_chars} characters in {', '.join(refs)}")
+        raise CorpusError(f"no segments of {filters.min_chars}-{filters.max_chars} characters in {', '.join(refs)}"
+                          + explain_empty(funnel.counts))
     extracted = funnel.counts["chars_extracted"]
     # text_yield: the share of the extracted text that reached the segments (before any max_segments sample)
     return CorpusCounts(segments=kept, funnel=dict(funnel.counts),

@@ -126,3 +126,14 @@ def log_tail(n: int = 8) -> str:
     except OSError:
         return ""
     return "\n".join(lines[-n:])
+
+
+@contextlib.contextmanager
+def quiet_stderr() -> Iterator[None]:
+    """llama.cpp logs to fd 2 from C; keep that log out of the terminal (in the guard's log file,
+    which error messages and crash reports quote) unless HUMPBACK_VERBOSE is set."""
+    if os.environ.get("HUMPBACK_VERBOSE"):
+        yield
+        return
+    with captured_stderr():
+        yield

@@ -33,13 +33,13 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from . import prompts, ui
-from .engine import Engine
-from .engines import EngineFactory
+from . import prompts
+from .engines import EngineFactory, EngineLike
 from .layout import ScoreCounts, SelectCounts
+from .progress import Progress, silent
 from .recipe import CurateConfig, RayConfig
 from .signals import RUBRIC_MODES, SIGNALS, Scorer, combine, ranks
-from .store import DataError, read_jsonl, resume_jsonl_windows, resume_window, write_jsonl
+from .store import DataError, read_jsonl, resume_jsonl_windows, resume_window, unique_ids, write_jsonl
 
 _FREE_SCORE = re.compile(r"score\s*:\s*([1-5])", re.IGNORECASE)
 
@@ -62,7 +62,7 @@ BENIGN = {
 REASON_STOP = ("\n\n", "<|im_end|>")
 
 
-def score_one(engine: Engine, instruction: str, output: str, mode: str = "expected", tags: bool = True,
+def score_one(engine: EngineLike, instruction: str, output: str, mode: str = "expected", tags: bool = True,
               max_answer_tokens: int = 1024, reasoning_tokens: int = 96, reason: str | None = None) -> dict:
     """One pair on the rubric. In reasoning mode, `reason` is the judge's greedy reasoning when it
     was already generated (batched, by `score_window`)."""
@@ -84,8 +84,25 @@ def score_one(engine: Engine, instruction: str, output: str, mode: str = "expect
             "free_parse": int(free[-1]) if free else None}
 
 
-def _max_answer(engine: Engine) -> int:
+def _max_answer(engine: EngineLike) -> int:
     return max(64, engine.n_ctx - 700)  # rubric + instruction + template take < 700 tokens
+
+
+# The rubric's text and template take ~400 of the 700 tokens `_max_answer` leaves, so an instruction
+# may have ~300; Humpback's instructions are a sentence or two (the backward model writes <= 64
+# tokens). A longer one (an Alpaca row with a long `input`) is skipped with a reason, counted in
+# `unscored`, rather than stopping the file on a context error.
+MAX_INSTRUCTION_TOKENS = 256
+
+
+def skip_reason(engine: EngineLike, instruction: str) -> str | None:
+    """Why a pair cannot be scored, or None."""
+    if not instruction.strip():
+        return "empty instruction"
+    # byte-level tokenizers never make more tokens than bytes: most instructions need no tokenizing
+    if len(instruction.encode()) > MAX_INSTRUCTION_TOKENS and len(engine.tokenize(instruction)) > MAX_INSTRUCTION_TOKENS:
+        return f"instruction longer than {MAX_INSTRUCTION_TOKENS} tokens"
+    return None
 
 
 def wanted_signals(cfg: CurateConfig) -> list[str]:
@@ -132,23 +149,24 @@ def candidate_records(scorer: Scorer, pairs: list[dict], cfg: CurateConfig,
         rec = {k: p[k] for k in ("id", "instruction", "output", "provenance") if k in p}
         rec["mode"] = cfg.mode
         recs.append(rec)
-    todo = [i for i, p in enumerate(pairs) if p["instruction"].strip()]
+    skipped = {i: why for i, p in enumerate(pairs) if (why := skip_reason(scorer.judge, p["instruction"]))}
+    todo = [i for i in range(len(pairs)) if i not in skipped]
     reasons = reasons or [None] * len(pairs)
     scored = score_records(scorer, [(pairs[i]["instruction"], pairs[i]["output"], reasons[i]) for i in todo], cfg)
     for i, sc in zip(todo, scored, strict=True):
         recs[i].update(sc)
-    for i in set(range(len(pairs))) - set(todo):
-        recs[i].update({"score": None, "skipped": "empty instruction"})
+    for i, why in skipped.items():
+        recs[i].update({"score": None, "skipped": why})
     return recs
 
 
-def concurrency(engine: Engine) -> int:
+def concurrency(engine: EngineLike) -> int:
     """Pairs scored at once: a remote judge takes `parallel` requests in flight; llama.cpp in
     this process scores one after another (its context is not shared between threads)."""
-    return engine.parallel if getattr(engine, "threadsafe", False) else 1
+    return engine.parallel if engine.threadsafe else 1
 
 
-def batched_reasoning(engine: Engine, cfg: CurateConfig) -> bool:
+def batched_reasoning(engine: EngineLike, cfg: CurateConfig) -> bool:
     """Reasoning mode on llama.cpp here with several sequences: the window's reasonings are
     generated together (continuous batching), then each digit is read as before."""
     return cfg.mode == "reasoning" and engine.parallel > 1 and concurrency(engine) == 1
@@ -156,9 +174,9 @@ def batched_reasoning(engine: Engine, cfg: CurateConfig) -> bool:
 
 def _reasons(scorer: Scorer, pairs: list[tuple[str, str]], cfg: CurateConfig) -> list[str | None]:
     """The judge's greedy reasoning for each (instruction, answer), generated together; None for
-    an empty instruction (it is not scored)."""
+    a pair that is not scored (`skip_reason`)."""
     judge = scorer.judge
-    todo = [i for i, (inst, _) in enumerate(pairs) if inst.strip()]
+    todo = [i for i, (inst, _) in enumerate(pairs) if skip_reason(judge, inst) is None]
     texts = judge.generate_many(
         [judge.format(prompts.rubric_messages(pairs[i][0], judge.truncate(pairs[i][1], _max_answer(judge)),
                                               tags=scorer.tags)) for i in todo],
@@ -365,7 +383,7 @@ def self_check(scorer: Scorer, pairs: list[dict], scored: list[dict], cfg: Curat
 
     Returns the AUC of matched vs mismatched (`auc`, under the mode's score) and vs hard negatives
     (`auc_hard`), and the same per signal; the verdict flips need the cutoff, see `flip_rate`."""
-    usable = [p for p in pairs if p["instruction"].strip()]
+    usable = [p for p in pairs if skip_reason(scorer.judge, p["instruction"]) is None]
     if cfg.checks == 0 or len(usable) < 2:
         write_jsonl(out_path, [])
         return {"auc": None, "checks": 0}
@@ -382,7 +400,7 @@ def self_check(scorer: Scorer, pairs: list[dict], scored: list[dict], cfg: Curat
         reasons = [r for start in range(0, len(checks), step)
                    for r in _reasons(scorer, [(inst, out) for _, inst, out in checks[start: start + step]], cfg)]
     # Scored a sampled pair at a time: its injected and harmless copies differ only at the end, so
-    # llama.cpp evaluates the shared text once for all of them (measured: see README, "Throughput").
+    # llama.cpp evaluates the shared text once for all of them (measured: see docs/performance.md).
     groups: dict[str, list[int]] = {}
     for i, (meta, _, _) in enumerate(checks):
         groups.setdefault(meta["id"], []).append(i)
@@ -506,6 +524,7 @@ def normalize_pairs(rows: list[dict], source: str, instruction_field: str | None
             raise DataError(f"{source}:{i}: no (instruction, output) pair found; expected instruction/output, "
                             "Alpaca instruction/input/output, ShareGPT conversations or messages")
         out.append({"id": str(row.get("id", f"pair-{i - 1:06d}")), "instruction": inst, "output": out_text})
+    unique_ids(out, source)
     return out
 
 
@@ -526,7 +545,7 @@ def make_scorer(engines: EngineFactory, judge: Path | None, backward: Path | Non
 
 def run_score(pairs: list[dict], out: Path, cfg: CurateConfig, engines: EngineFactory, judge: Path | None,
               backward: Path | None = None, tags: bool = True, checks: Path | None = None, seed: int = 0,
-              progress=ui.progress, label: str = "score", ray: RayConfig | None = None,
+              progress: Progress = silent, label: str = "score", ray: RayConfig | None = None,
               known_backward: dict | None = None) -> ScoreCounts:
     """The score stage: every pair scored by the `judge` adapter (and the `backward` model's for
     the backward signal, except the pairs in `known_backward`: see `backward_known`) into `out`,

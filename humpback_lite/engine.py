@@ -26,8 +26,11 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 
 from . import crashguard
+from .crashguard import quiet_stderr
 from .hardware import cpu_flags, physical_cores  # noqa: F401 (physical_cores: part of this module's API)
-from .models import ContextError, ModelError, check_gguf, quiet_stderr, runtime_gguf
+from .models import ContextError, ModelError, check_gguf, gguf_header
+from .runtime import describe as describe_runtime
+from .runtime import runtime_path
 
 if TYPE_CHECKING:
     from .recipe import EngineConfig
@@ -102,7 +105,7 @@ def use_extra_buffers(setting: ExtraBuffers) -> bool:
     """Whether llama.cpp may put CPU weights in its extra buffer types (AMX tiles, repacked
     layouts). `auto` turns them off on CPUs with AMX: there quantized GGUFs (Q4_0, Q4_1, Q8_0)
     crash inside `ggml_backend_amx_mul_mat` (ggml-org/llama.cpp#20824); elsewhere they stay on.
-    Measured speeds per tensor type: README, "CPUs"."""
+    Measured speeds per tensor type: docs/hardware.md."""
     if setting == "auto":
         return not (AMX_FLAGS & cpu_flags())
     return setting == "on"
@@ -165,21 +168,12 @@ MAX_PARALLEL = 16  # measured: 16 -> 32 sequences adds 20 % on short-prompt answ
 
 def kv_bytes_per_token(gguf: str | Path) -> int:
     """Bytes of f16 K and V one token takes in llama.cpp's cache, from the GGUF's header."""
-    st = Path(gguf).stat()
-    return _kv_bytes(str(gguf), st.st_size, st.st_mtime_ns)
-
-
-@functools.lru_cache(maxsize=16)
-def _kv_bytes(path: str, size: int, mtime: int) -> int:
-    import gguf as gg
-
-    fields = gg.GGUFReader(path).fields
+    meta = gguf_header(gguf).metadata
 
     def get(key: str) -> int | None:
-        f = fields.get(key)
-        return int(f.contents()) if f is not None else None
+        return int(meta[key]) if key in meta else None
 
-    arch = fields["general.architecture"].contents()
+    arch = meta["general.architecture"]
     heads = get(f"{arch}.attention.head_count") or 1
     kv_heads = get(f"{arch}.attention.head_count_kv") or heads
     head_dim = get(f"{arch}.attention.key_length") or (get(f"{arch}.embedding_length") or 0) // heads
@@ -202,7 +196,7 @@ def settings(cfg: EngineConfig, gguf: str | Path | None = None) -> dict[str, obj
         "threads": cfg.n_threads or physical_cores(),
         "extra_buffers": f"{'on' if use_extra_buffers(cfg.extra_buffers) else 'off'} ({cfg.extra_buffers}; "
                          f"AMX {'yes' if AMX_FLAGS & cpu_flags() else 'no'})",
-        "runtime_type": cfg.runtime_type, "n_ctx per sequence": cfg.n_ctx, "n_batch": cfg.n_batch,
+        "runtime_type": describe_runtime(Path(gguf) if gguf is not None else None, cfg), "n_ctx per sequence": cfg.n_ctx, "n_batch": cfg.n_batch,
     }
     if gguf is not None:
         parallel = configured_parallel(gguf, cfg)
@@ -283,6 +277,10 @@ class Prompting:
 
 
 class Engine(Prompting):
+    """llama.cpp in this process, on one GGUF (+ a LoRA adapter): the `engines.EngineLike` stages use."""
+
+    threadsafe = False  # one llama.cpp context: calls from several threads would interleave its KV cache
+
     def __init__(
         self,
         gguf: str | Path,
@@ -344,7 +342,7 @@ class Engine(Prompting):
                     seed: int = 0) -> Engine:
         """The engine a recipe describes: its runtime tensor type (converted once, cached) and
         every engine setting. Loop, single-stage commands, chat and evaluation all build it so."""
-        path = runtime_gguf(Path(gguf), cfg.runtime_type)
+        path = runtime_path(Path(gguf), cfg)
         return cls(path, adapter=adapter, n_ctx=cfg.n_ctx, n_threads=cfg.n_threads, n_batch=cfg.n_batch,
                    n_gpu_layers=cfg.n_gpu_layers, seed=seed, extra_buffers=cfg.extra_buffers,
                    parallel=configured_parallel(path, cfg))

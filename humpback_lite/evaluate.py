@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import layout, prompts
-from .engine import Engine
+from .engines import EngineLike
 from .store import Run, read_jsonl, resume_jsonl, resume_jsonl_windows
 
 PAIRWISE = """Below is an instruction from a user and two candidate answers. Decide which answer is the better response from a helpful AI Assistant: more helpful, correct, complete and focused on the instruction, with no irrelevant text.
@@ -40,7 +40,7 @@ PAIRWISE_LABEL = "Better:"
 # ----------------------------------------------------------------------------- NLL
 
 
-def answer_nll(engine: Engine, pairs: Iterable[dict], tags: bool = True) -> list[dict]:
+def answer_nll(engine: EngineLike, pairs: Iterable[dict], tags: bool = True) -> list[dict]:
     """Per pair: summed NLL (nats) of the answer tokens given the instruction, and their count.
     Answers longer than the context are cut to fit (the count says how many tokens were scored)."""
     out = []
@@ -77,7 +77,7 @@ def pairwise_messages(instruction: str, first: str, second: str, tags: bool = Tr
 class Judge:
     """A model that compares two answers by the probability of "1" vs "2" after "Better:"."""
 
-    def __init__(self, engine: Engine, tags: bool = True, max_answer_tokens: int = 400):
+    def __init__(self, engine: EngineLike, tags: bool = True, max_answer_tokens: int = 400):
         self.engine = engine
         self.tags = tags
         self.max_answer_tokens = max_answer_tokens
@@ -138,11 +138,11 @@ class Contender:
 
 
 def evaluate_models(
-    make_engine: Callable[[Path | None], Engine],
+    make_engine: Callable[[Path | None], EngineLike],
     contenders: list[Contender],
     heldout: list[dict],
     out_dir: Path,
-    judge_engine: Callable[[], Engine],
+    judge_engine: Callable[[], EngineLike],
     judge_name: str,
     max_new_tokens: int,
     tags: bool = True,
@@ -165,10 +165,10 @@ ANSWER_WINDOW = 32  # held-out answers generated together (and redone together a
 class _Lazy:
     """An engine opened on first use (a resumed stage whose records are all there loads nothing)."""
 
-    def __init__(self, make: Callable[[], Engine]):
+    def __init__(self, make: Callable[[], EngineLike]):
         self.make, self.engine = make, None
 
-    def __call__(self) -> Engine:
+    def __call__(self) -> EngineLike:
         self.engine = self.engine or self.make()
         return self.engine
 
@@ -177,13 +177,13 @@ class _Lazy:
             self.engine.close()
 
 
-def write_answers(make_engine: Callable[[Path | None], Engine], contenders: list[Contender], heldout: list[dict],
+def write_answers(make_engine: Callable[[Path | None], EngineLike], contenders: list[Contender], heldout: list[dict],
                   out_dir: Path, max_new_tokens: int, tags: bool = True, seed: int = 0,
                   on_item: Callable[[], None] | None = None) -> None:
     """Per contender and held-out pair: the answer's NLL (nll.jsonl) and a greedy answer (answers.jsonl)."""
     by_model = lambda r: (r["model"], r["id"])  # noqa: E731
 
-    def answers(engine: Engine, name: str, chunk: list[dict], emit) -> None:
+    def answers(engine: EngineLike, name: str, chunk: list[dict], emit) -> None:
         texts = [engine.truncate(p["instruction"], max(16, engine.n_ctx - max_new_tokens - 64)) for p in chunk]
         engine.generate_many([engine.format(prompts.forward_messages(t, "seed", tags)) for t in texts],
                              max_tokens=max_new_tokens, temperature=0.0, seeds=[seed] * len(chunk),
@@ -203,7 +203,7 @@ def write_answers(make_engine: Callable[[Path | None], Engine], contenders: list
             engine.close()
 
 
-def write_judgments(judge_engine: Callable[[], Engine], judge_name: str, matchups: list[tuple[str, str]],
+def write_judgments(judge_engine: Callable[[], EngineLike], judge_name: str, matchups: list[tuple[str, str]],
                     heldout: list[dict], out_dir: Path, tags: bool = True,
                     on_item: Callable[[], None] | None = None) -> None:
     """Every matchup on every held-out pair, judged in both orders (judgments.jsonl): a held-out
@@ -273,13 +273,14 @@ LOOP_SHARE = 0.3  # an answer "loops" when this share of its word 4-grams repeat
 
 
 def last_round_model(names: list[str]) -> str | None:
-    rounds = [n for n in names if re.fullmatch(r"M\d+", n)]
-    return max(rounds, key=lambda n: int(n[1:])) if rounds else None
+    rounds = [n for n in names if layout.model_round(n) is not None]
+    return max(rounds, key=layout.model_round) if rounds else None
 
 
 def matchups_of(names: list[str]) -> list[tuple[str, str]]:
     """Every model vs base and vs M0; the final curated model vs each ablation model."""
-    out = [(n, "base") for n in names if n != "base"] + [(n, "M0") for n in names if n not in ("base", "M0")]
+    base, m0 = layout.BASE, layout.SEED_MODEL
+    out = [(n, base) for n in names if n != base] + [(n, m0) for n in names if n not in (base, m0)]
     final = last_round_model(names)
     return out + [(final, a) for a in names if a in layout.ABLATIONS and final is not None]
 
@@ -373,7 +374,7 @@ def curation_figures(run: Run, rounds: int | None = None) -> list[dict]:
         scores = [s["score"] for s in records if s.get("score") is not None]
         agreement = score.agreement_with_prev_judge
         out.append({
-            "round": r, "judge": f"M{r - 1}", "candidates": select.candidates or len(scores),
+            "round": r, "judge": layout.round_model(r - 1), "candidates": select.candidates or len(scores),
             "kept": select.kept, "cutoff": select.cutoff, "histogram": select.histogram,
             "auc": score.auc, "auc_hard": score.auc_hard,
             "auc_by_signal": score.auc_by_signal, "auc_hard_by_signal": score.auc_hard_by_signal,

@@ -5,13 +5,12 @@ the dataset it was trained on, a model card with Hugging Face metadata, and an O
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 from . import layout, prompts
-from .models import ModelCard
+from .models import ModelCard, gguf_chat_template
 from .recipe import Recipe, dump_recipe
-from .store import Run, read_jsonl, write_json, write_jsonl, write_text
+from .store import Run, copy_file, copy_tree, read_jsonl, write_json, write_jsonl, write_text
 
 EXPORT_VERSION = 2  # bump when the export folder's contents change
 TEMPLATES = Path(__file__).resolve().parent / "templates"
@@ -27,10 +26,7 @@ PARAMETER stop "<|im_end|>"'''
 
 
 def _is_chatml(gguf: Path) -> bool:
-    import gguf as gg
-
-    field = gg.GGUFReader(str(gguf)).fields.get("tokenizer.chat_template")
-    return bool(field and "<|im_start|>" in field.contents())
+    return "<|im_start|>" in (gguf_chat_template(gguf) or "")
 
 
 def round_table(run: Run, rounds: int) -> list[dict]:
@@ -40,7 +36,7 @@ def round_table(run: Run, rounds: int) -> list[dict]:
         tr = run.info(layout.stage("train", r))
         s = layout.SelectCounts.of(sel.counts) if sel else None
         t = layout.TrainCounts.of(tr.counts) if tr else None
-        rows.append({"round": r, "model": f"M{r}",
+        rows.append({"round": r, "model": layout.round_model(r),
                      "candidates": s and s.candidates, "kept": s and s.kept,
                      "trained_rows": t and t.rows, "train_loss": t and t.train_loss})
     return rows
@@ -75,10 +71,46 @@ def model_card(run: Run, recipe: Recipe, card: ModelCard, table: list[dict], n_s
         ModelCardData(**hf_metadata(recipe, card)), template_path=str(TEMPLATES / "model_card.md"),
         name=recipe.name, base=card, n_seed=n_seed, n_aug=n_aug, rounds=recipe.rounds, mode=recipe.curate.mode,
         rule=_rule(recipe.curate), table=table, evals="\n".join(eval_table(run)),
-        weights=card.hf_id or str(card.weights_dir), merged=merged, merged_type=recipe.export.merged_type,
+        weights=card.hf_id, merged=merged, merged_type=recipe.export.merged_type,
         system=system, base_source=_base_source(card), tags=recipe.tags, augmented_tag=prompts.AUGMENTED_TAG,
-        recipe_yaml=dump_recipe(recipe).rstrip())
+        recipe_yaml=public_recipe(recipe).rstrip())
     return str(rendered).rstrip() + "\n"
+
+
+# ----------------------------------------------------------------------------- what an export may publish
+# The export folder is what `humpback push` uploads: it names no credential, no home folder and no
+# absolute local path (a reader needs the file name, not where it lay on the author's disk).
+
+
+def public_path(ref: str) -> str:
+    """A corpus/seed reference as a reader should see it: local absolute paths as their file name;
+    hf:, pydoc:, builtin: and relative references as they are."""
+    if ref.startswith(("/", "~")) or (len(ref) > 2 and ref[1] == ":" and ref[2] in "\\/"):
+        return Path(ref.replace("\\", "/")).name
+    return ref
+
+
+def public_url(url: str | None) -> str | None:
+    """A server address without `user:password@`, query or fragment (tokens hide there)."""
+    if not url:
+        return url
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    netloc = f"{host}:{parts.port}" if parts.port else host
+    return urlunsplit((parts.scheme, netloc, parts.path, "", "")) if parts.scheme else url.rsplit("@", 1)[-1]
+
+
+def public_recipe(recipe: Recipe) -> str:
+    """The recipe as the model card shows it: `public_url` for servers, `public_path` for files."""
+    import dataclasses
+
+    engine = dataclasses.replace(recipe.engine, base_url=public_url(recipe.engine.base_url))
+    ray = dataclasses.replace(recipe.ray, address=public_url(recipe.ray.address))
+    data = dataclasses.replace(recipe.data, seed=public_path(recipe.data.seed),
+                               corpus=[public_path(c) for c in recipe.data.corpus])
+    return dump_recipe(dataclasses.replace(recipe, model=public_path(recipe.model), engine=engine, ray=ray, data=data))
 
 
 def hf_metadata(recipe: Recipe, card: ModelCard) -> dict:
@@ -97,25 +129,35 @@ def hf_metadata(recipe: Recipe, card: ModelCard) -> dict:
     return meta
 
 
+def _relative(path: Path, start: Path) -> str:
+    import os
+
+    try:
+        return os.path.relpath(Path(path).resolve(), Path(start).resolve())
+    except ValueError:  # another drive (Windows)
+        return Path(path).name
+
+
 def export(run: Run, recipe: Recipe, card: ModelCard, gguf: Path, out: Path) -> layout.ExportCounts:
     from .adapters import merge_gguf
 
     last = run.dir(layout.stage("train", recipe.rounds))
-    shutil.copytree(last / "adapter", out / "adapter", dirs_exist_ok=True)
+    copy_tree(last / "adapter", out / "adapter")
     (out / "adapter" / "train_stats.json").unlink(missing_ok=True)
-    shutil.copyfile(last / "adapter.gguf", out / "adapter.gguf")
+    copy_file(last / "adapter.gguf", out / "adapter.gguf")
     merged = None
     if recipe.export.merged:
         merged = merge_gguf(gguf, out / "adapter.gguf", out / "model.gguf", recipe.export.merged_type)
     data = [
         {"instruction": r["instruction"], "output": r["output"], "source": r["source"],
-         "score": r.get("score"), "round": r["round"], "provenance": r.get("provenance", "seed")}
+         "score": r.get("score"), "round": r["round"], "provenance": public_path(r.get("provenance") or "seed")}
         for r in read_jsonl(last / "data.jsonl")
     ]
     write_jsonl(out / "dataset.jsonl", data)
 
     # With the merged file the folder is self-contained; otherwise Ollama needs the cached base.
-    modelfile = ["FROM ./model.gguf"] if merged else [f"FROM {gguf}", "ADAPTER ./adapter.gguf"]
+    # (the base by a path relative to this folder: it works here and names no home folder)
+    modelfile = ["FROM ./model.gguf"] if merged else [f"FROM {_relative(gguf, out)}", "ADAPTER ./adapter.gguf"]
     if _is_chatml(gguf):
         modelfile.append(OLLAMA_CHATML)
     else:

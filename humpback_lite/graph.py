@@ -99,6 +99,13 @@ def _field(recipe: Recipe, dotted: str) -> Any:
     return obj
 
 
+def adapter_stages(recipe: Recipe) -> list[str]:
+    """The stages that train an adapter, in order: the backward model, then every planned model."""
+    from . import layout
+
+    return ["backward"] + [p.name for p in plan(recipe) if layout.model_name(p.name)]
+
+
 def plan(recipe: Recipe) -> list[Planned]:
     """The stages of a run in the order they run: round stages grouped round by round."""
     out: list[Planned] = []

@@ -4,7 +4,7 @@ Why a choice at run time: bf16 is the right training dtype only where the hardwa
 arithmetic. Measured on a 2-core AMD EPYC with AVX2 and no AVX-512 (torch 2.13 CPU build): one
 1536x576 by 576x1536 matmul 48.6 GFLOP/s in float32 and 1.2 in bfloat16 (emulated, 40x slower);
 a LoRA training step of SmolLM2-135M 24 s in float32 and ~300 s in bfloat16. On an AMD EPYC with
-AVX-512 BF16 the same matmul runs 393 GFLOP/s in bf16 against 157 in float32 (README, "CPUs").
+AVX-512 BF16 the same matmul runs 393 GFLOP/s in bf16 against 157 in float32 (docs/hardware.md).
 """
 
 from __future__ import annotations
@@ -19,16 +19,25 @@ Dtype = Literal["auto", "float32", "bfloat16", "float16"]
 BF16_FLAGS = {"avx512_bf16", "amx_bf16"}
 
 
-def cpu_flags() -> set[str]:
-    """The CPU feature flags Linux reports (empty elsewhere)."""
+def _cpuinfo(field: str) -> str | None:
+    """The first `field` line of Linux's /proc/cpuinfo (None elsewhere)."""
     try:
         text = Path("/proc/cpuinfo").read_text()
     except OSError:
-        return set()
-    for line in text.splitlines():
-        if line.startswith("flags"):
-            return set(line.partition(":")[2].split())
-    return set()
+        return None
+    return next((ln.partition(":")[2].strip() for ln in text.splitlines() if ln.startswith(field)), None)
+
+
+def cpu_flags() -> set[str]:
+    """The CPU feature flags Linux reports (empty elsewhere)."""
+    return set((_cpuinfo("flags") or "").split())
+
+
+def cpu_name() -> str:
+    """The CPU's model name (Linux), else what the platform module knows."""
+    import platform
+
+    return _cpuinfo("model name") or platform.processor() or platform.machine()
 
 
 def physical_cores() -> int:

@@ -17,7 +17,7 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Self
+from typing import Any, TypeVar
 
 ROUND_KINDS = ("score", "select", "train")
 ABLATIONS = ("random", "all")
@@ -52,11 +52,26 @@ def ablation_stage(kind: str) -> str:
     return f"ablation_{kind}"
 
 
+BASE = "base"
+SEED_MODEL = "M0"  # trained on the seed alone: every model is compared with it and with the base
+
+
+def round_model(rnd: int) -> str:
+    """The model trained in round `rnd`: 0 -> "M0" (seed only), 2 -> "M2"."""
+    return f"M{rnd}"
+
+
+def model_round(model: str) -> int | None:
+    """The inverse of `round_model`: "M2" -> 2; None for base, ablation models and other names."""
+    m = re.fullmatch(r"M(\d+)", model)
+    return int(m.group(1)) if m else None
+
+
 def model_name(name: str) -> str | None:
     """The model a training stage produces: round_01/train -> "M1", ablation_random -> "random"."""
     kind, rnd = split(name)
     if kind == "train" and rnd is not None:
-        return f"M{rnd}"
+        return round_model(rnd)
     if kind.startswith("ablation_"):
         return kind.removeprefix("ablation_")
     return None
@@ -64,8 +79,8 @@ def model_name(name: str) -> str | None:
 
 def model_stage(model: str) -> str | None:
     """The inverse of `model_name`: "M1" -> "round_01/train", "random" -> "ablation_random"; else None."""
-    if m := re.fullmatch(r"M(\d+)", model):
-        return stage("train", int(m.group(1)))
+    if (rnd := model_round(model)) is not None:
+        return stage("train", rnd)
     return ablation_stage(model) if model in ABLATIONS else None
 
 
@@ -78,6 +93,10 @@ def served_name(adapter: str | Path) -> str:
 
 
 # ----------------------------------------------------------------------------- stage counts
+
+
+# `typing.Self` exists from Python 3.11 only; the project runs on 3.10
+C = TypeVar("C", bound="Counts")
 
 
 @dataclass(kw_only=True)
@@ -93,7 +112,7 @@ class Counts:
         return {**self.extra, **{k: v for k, v in named.items() if v is not None}}
 
     @classmethod
-    def of(cls, data: Mapping[str, Any] | None) -> Self:
+    def of(cls: type[C], data: Mapping[str, Any] | None) -> C:
         """The record of a manifest entry's `counts` (missing figures take their defaults)."""
         rest = dict(data or {})
         known = {f.name for f in fields(cls)} - {"extra"}

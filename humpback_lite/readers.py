@@ -138,8 +138,19 @@ def text_blocks(f: BinaryIO, source: str, funnel: Funnel) -> Iterator[Document]:
         yield Document("".join(buf), source, None, f"line {start}")
 
 
+# Permalink marks documentation generators append to headings (Sphinx and MkDocs "¶", Texinfo's
+# copiable link, "#" and "§" elsewhere): a heading's text is what a reader sees without them.
+# "#" only apart from the words ("Learning C#" keeps its "#").
+_PERMALINK = re.compile(r"^[#¶§🔗]+\s+|^[¶§🔗]+|\s+#+$|\s*[¶§🔗]+$")
+
+
+def visible_heading(text: str) -> str:
+    """A heading's words, whitespace collapsed, without permalink marks at either end."""
+    return _PERMALINK.sub("", " ".join(text.split()))
+
+
 def _norm(text: str) -> str:
-    return " ".join(text.split()).strip("# ").lower()
+    return visible_heading(text).lower()
 
 
 def markdown_sections(text: str, source: str, offset: int | str = 0, headings: set[str] | None = None,
@@ -158,7 +169,7 @@ def markdown_sections(text: str, source: str, offset: int | str = 0, headings: s
         if m:
             if any(s.strip() for s in buf):
                 yield Document("\n".join(buf).strip(), source, heading, offset)
-            heading, buf = m.group(2).strip("# ").strip(), []
+            heading, buf = visible_heading(m.group(2)), []
         else:
             buf.append(line)
     if any(s.strip() for s in buf):
@@ -181,13 +192,14 @@ def html_sections(html: str | bytes, source: str, offset: int | str = 0) -> Iter
         return
     md = _MD_ESCAPE.sub(r"\1", md)
     tree = _parse(html)
-    headings = {_norm(h.text_content()) for h in tree.iter(*_H)} - {""} if tree is not None else set()
+    # None when the page cannot be parsed: then trafilatura's Markdown headings are taken as they are
+    headings = {_norm(h.text_content()) for h in tree.iter(*_H)} - {""} if tree is not None else None
     title = " ".join((tree.findtext(".//title") or "").split()) if tree is not None else ""
-    kept = {_norm(m.group(2)) for line in md.splitlines() if (m := _HEADING.match(line))} & headings
+    kept = {_norm(m.group(2)) for line in md.splitlines() if (m := _HEADING.match(line))} & (headings or set())
     if headings and not kept and tree is not None:
         # trafilatura kept the content but none of the page's headings (it does so on some
         # DocBook pages): cut the page at its own headings, keeping the blocks trafilatura kept.
-        yield from _dom_sections(tree, _norm(md), source, offset, title)
+        yield from _dom_sections(tree, md, source, offset, title)
         return
     yield from markdown_sections(md, source, offset, headings, title)
 
@@ -196,27 +208,46 @@ _H = ("h1", "h2", "h3", "h4", "h5", "h6")
 _BLOCKS = {"p", "pre", "li", "dd", "dt", "blockquote", "td"}
 
 
+# lxml refuses a decoded str that declares its own encoding, which every XHTML page of DocBook
+# (xsltproc, Publican) does: the page then had no headings at all, and every section an empty one
+_XML_DECLARATION = re.compile(r"^\s*<\?xml[^>]*\?>")
+
+
 def _parse(html: str | bytes):
     import lxml.html
 
+    if isinstance(html, str):
+        html = _XML_DECLARATION.sub("", html, count=1)
     try:
         return lxml.html.fromstring(html)
     except (ValueError, lxml.etree.ParserError):
         return None
 
 
-def _dom_sections(tree, content: str, source: str, offset: int | str, title: str) -> Iterator[Document]:
-    """Sections of the page cut at its h1-h6, each the blocks (paragraphs, listings, items) whose text
-    trafilatura's main-content extraction also kept (`content`, normalised)."""
+def _leaf_div(el) -> bool:
+    """A div that holds text and no other block: DocBook/Publican write paragraphs as
+    `<div class="para">`, not `<p>`, and their text would otherwise be lost."""
+    return el.tag == "div" and not any(d.tag in _BLOCKS or d.tag in _H or d.tag == "div" for d in el.iterdescendants())
+
+
+def _dom_sections(tree, md: str, source: str, offset: int | str, title: str) -> Iterator[Document]:
+    """Sections of the page cut at its h1-h6, each the blocks (paragraphs, listings, items, leaf
+    divs) whose text trafilatura's main-content extraction (`md`) also kept."""
+    content, lines = _norm(md), {_norm(line) for line in md.splitlines()}
     heading, buf = title, []
-    for el in tree.iter(*_H, *_BLOCKS):
+    for el in tree.iter(*_H, *_BLOCKS, "div"):
+        if el.tag == "div" and not _leaf_div(el):
+            continue
         if el.tag in _H:
             if buf:
                 yield Document("\n\n".join(buf), source, heading, offset)
-            heading, buf = " ".join(el.text_content().split()), []
+            heading, buf = visible_heading(el.text_content()), []
         elif not any(a.tag in _BLOCKS for a in el.iterancestors()):  # outermost block only
             text = el.text_content().strip("\n") if el.tag == "pre" else " ".join(el.text_content().split())
-            if text.strip() and _norm(text)[:200] in content:
+            norm = _norm(text)
+            # a short block ("Next", "Home") is kept only as a whole line of the content: as a
+            # substring it would match some word of the text
+            if norm and (norm[:200] in content if len(norm) >= 20 else norm in lines):
                 buf.append(text)
     if buf:
         yield Document("\n\n".join(buf), source, heading, offset)

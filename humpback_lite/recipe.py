@@ -10,7 +10,7 @@ import dataclasses
 import difflib
 import types
 import typing
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -29,21 +29,15 @@ class RecipeError(ValueError):
 
 
 @dataclass
-class DataConfig:
-    seed: str = "builtin:seed"
-    """Seed pairs: a JSONL file with `instruction` and `output`, or `builtin:seed` (bundled set)."""
-    heldout: int = 30
-    """Seed pairs held out for evaluation and never trained on (rows marked `split: heldout` first)."""
-    max_seed: int | None = None
-    """Train on at most this many seed pairs (None = all that are not held out)."""
-    corpus: list[str] = field(default_factory=lambda: ["pydoc:topics"])
-    """Unlabelled inputs: files, directories, or `pydoc:topics` (Python's own reference text)."""
+class CorpusFilters:
+    """How the corpus is cut into candidate answers and filtered. The one description of these
+    settings: the recipe's `data` section has them (same names), `humpback segment` takes them as
+    options (defaults and help from here), and the corpus stage reads them."""
+
     min_chars: int = 600
     """Shortest candidate answer kept, in characters (paper: 600)."""
     max_chars: int = 3000
     """Longest candidate answer kept, in characters (paper: 3,000)."""
-    max_segments: int | None = None
-    """Use at most this many segments (a uniform sample across the corpus, seeded); None = all."""
     text_field: str = "text"
     """Column holding the text in .jsonl/.json/.csv/.parquet inputs and hf: datasets."""
     include: list[str] = field(default_factory=list)
@@ -64,14 +58,55 @@ class DataConfig:
     """Estimated Jaccard similarity (word 5-grams) above which a segment is a near-duplicate."""
 
     def __post_init__(self) -> None:
-        _check(self.heldout >= 0, "heldout", "must be >= 0")
         _check(self.min_chars >= 1, "min_chars", "must be >= 1")
-        _check(self.max_chars >= self.min_chars, "max_chars", "must be >= data.min_chars")
+        _check(self.max_chars >= self.min_chars, "max_chars", "must be >= min_chars")
+        _check(0 <= self.repetition <= 1, "repetition", "must be in [0, 1]")
+        _check(0 < self.dedup_threshold <= 1, "dedup_threshold", "must be in (0, 1]")
+
+    @classmethod
+    def of(cls, data: CorpusFilters) -> CorpusFilters:
+        """Just the filters of a `data` section."""
+        return CorpusFilters(**{f.name: getattr(data, f.name) for f in dataclasses.fields(CorpusFilters)})
+
+
+@dataclass
+class DataConfig(CorpusFilters):
+    """The run's data: seed pairs, the corpus, and how it is cut (`CorpusFilters`' fields)."""
+
+    seed: str = "builtin:seed"
+    """Seed pairs: a JSONL file with `instruction` and `output`, or `builtin:seed` (bundled set)."""
+    heldout: int = 30
+    """Seed pairs held out for evaluation and never trained on (rows marked `split: heldout` first)."""
+    max_seed: int | None = None
+    """Train on at most this many seed pairs (None = all that are not held out)."""
+    corpus: list[str] = field(default_factory=lambda: ["pydoc:topics"])
+    """Unlabelled inputs: files, directories, or `pydoc:topics` (Python's own reference text)."""
+    max_segments: int | None = None
+    """Use at most this many segments (a uniform sample across the corpus, seeded); None = all."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _check(self.heldout >= 0, "heldout", "must be >= 0")
         _check(self.max_segments is None or self.max_segments >= 1, "max_segments", "must be >= 1")
         _check(self.max_seed is None or self.max_seed >= 1, "max_seed", "must be >= 1")
         _check(len(self.corpus) >= 1, "corpus", "needs at least one input")
-        _check(0 <= self.repetition <= 1, "repetition", "must be in [0, 1]")
-        _check(0 < self.dedup_threshold <= 1, "dedup_threshold", "must be in (0, 1]")
+
+
+def field_docs(cls: type) -> dict[str, str]:
+    """The docstring under each field of a recipe dataclass, as one line: what the recipe's
+    readers, `humpback segment --help` and the docs show."""
+    import ast
+    import inspect
+    import textwrap
+
+    docs: dict[str, str] = {}
+    for klass in reversed(cls.__mro__[:-1]):  # a base class's fields first, as dataclasses order them
+        body = ast.parse(textwrap.dedent(inspect.getsource(klass))).body[0].body
+        for a, b in zip(body, body[1:], strict=False):
+            if (isinstance(a, ast.AnnAssign) and isinstance(a.target, ast.Name) and isinstance(b, ast.Expr)
+                    and isinstance(b.value, ast.Constant) and isinstance(b.value.value, str)):
+                docs[a.target.id] = " ".join(b.value.value.split())
+    return docs
 
 
 @dataclass
@@ -84,21 +119,23 @@ class EngineConfig:
     """Prompt tokens evaluated per llama.cpp decode call."""
     n_gpu_layers: int = 0
     """Layers offloaded to a GPU when llama.cpp was built with one (-1 = all)."""
-    runtime_type: Literal["original", "bf16", "q8_0"] = "bf16"
-    """Tensor type llama.cpp runs: the GGUF as shipped, or a copy converted once (cached). Q4_1 and
-    some other 4-bit types have no fast CPU kernel; bf16 evaluates prompts ~2.5x faster on CPU."""
+    runtime_type: Literal["auto", "original", "bf16", "q8_0"] = "auto"
+    """Tensor type llama.cpp runs: the GGUF as shipped, or a copy converted once (cached). `auto`
+    measures each of them once on this machine (cached per model, CPU and llama.cpp version) and
+    runs the fastest: BF16 on CPUs with native bf16, Q8_0 or the file itself on AVX2-only CPUs
+    (docs/hardware.md). Part of the fingerprint as written; what `auto` chose is not, like train.dtype."""
     extra_buffers: Literal["auto", "on", "off"] = "auto"
     """llama.cpp's extra CPU weight layouts (AMX tiles, repacking). auto = off on CPUs with AMX, where
     quantized GGUFs crash llama.cpp (llama.cpp#20824), on elsewhere. Does not change results."""
     parallel: int | None = None
     """Sequences generated together per llama.cpp decode (continuous batching), each with its own
     n_ctx of KV cache. None = as many as fit a 1 GiB KV cache, at most 16 (16 for the embedded model
-    at n_ctx 2048). Speed depends on it (README, "Throughput"); a run's texts depend only on it
+    at n_ctx 2048). Speed depends on it (docs/performance.md); a run's texts depend only on it
     through llama.cpp's rounding, and a resumed run repeats the same batches."""
 
     backend: Literal["llama.cpp", "openai"] = "llama.cpp"
     """Who runs the model: llama.cpp in this process, or an OpenAI-compatible server at `base_url`
-    (llama-server, vLLM, Ollama, `python -m llama_cpp.server`; README, "Bigger than one machine")."""
+    (llama-server, vLLM, Ollama, `python -m llama_cpp.server`; docs/remote.md)."""
     base_url: str | None = None
     """The server's OpenAI API root, e.g. http://127.0.0.1:8000/v1 (backend openai)."""
     api_key_env: str | None = None
@@ -120,6 +157,8 @@ class EngineConfig:
         _check(self.n_ctx >= 256, "n_ctx", "must be >= 256")
         _check(self.parallel is None or 1 <= self.parallel <= 256, "parallel", "must be in 1..256 (or null: auto)")
         _check(self.n_batch >= 1, "n_batch", "must be >= 1")
+        _check(self.n_threads is None or self.n_threads >= 1, "n_threads", "must be >= 1 (or null: the physical cores)")
+        _check(self.n_gpu_layers >= -1, "n_gpu_layers", "must be >= 0, or -1 for all layers")
         _check(self.backend != "openai" or bool(self.base_url), "base_url",
                "needed with engine.backend=openai (the server's API root, e.g. http://127.0.0.1:8000/v1)")
         _check(self.top_logprobs >= 1, "top_logprobs", "must be >= 1")
@@ -159,6 +198,7 @@ class AugmentConfig:
         _check(self.temperature >= 0, "temperature", "must be >= 0")
         _check(0 < self.top_p <= 1, "top_p", "must be in (0, 1]")
         _check(self.max_new_tokens >= 1, "max_new_tokens", "must be >= 1")
+        _check(self.max_segment_tokens >= 16, "max_segment_tokens", "must be >= 16")
 
 
 @dataclass
@@ -201,6 +241,7 @@ class CurateConfig:
 
     def __post_init__(self) -> None:
         _check(1 <= self.threshold <= 5, "threshold", "must be between 1 and 5")
+        _check(self.reasoning_tokens >= 1, "reasoning_tokens", "must be >= 1")
         _check(self.top_fraction is None or 0 < self.top_fraction <= 1, "top_fraction", "must be in (0, 1]")
         _check(self.target_count is None or self.target_count >= 1, "target_count", "must be >= 1")
         for key, names in (("signals", self.signals), ("combine", self.combine)):
@@ -274,6 +315,10 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         _check(self.lora_r >= 1, "lora_r", "must be >= 1")
+        _check(self.lora_alpha > 0, "lora_alpha", "must be > 0")
+        _check(0 <= self.lora_dropout < 1, "lora_dropout", "must be in [0, 1)")
+        _check(self.weight_decay >= 0, "weight_decay", "must be >= 0")
+        _check(self.max_rows is None or self.max_rows >= 1, "max_rows", "must be >= 1")
         _check(self.learning_rate > 0, "learning_rate", "must be > 0")
         _check(self.epochs > 0, "epochs", "must be > 0")
         _check(self.batch_size >= 1, "batch_size", "must be >= 1")
@@ -354,6 +399,11 @@ class Recipe:
 
     def __post_init__(self) -> None:
         _check(self.rounds >= 1, "rounds", "must be >= 1")
+        _check(self.seed >= 0, "seed", "must be >= 0")
+        # the default run folder is runs/<name>: a path here would put it (and what a rerun
+        # replaces) anywhere
+        _check(bool(self.name.strip()) and self.name not in (".", "..") and "/" not in self.name
+               and "\\" not in self.name, "name", "must be a plain folder name (no '/', not '.' or '..')")
 
     def backward(self) -> TrainConfig:
         return self.backward_train or self.train
@@ -502,14 +552,37 @@ def load_recipe(path: str | Path, overrides: typing.Iterable[str] = ()) -> Recip
     are read from the working directory, like any command-line path."""
     path = Path(path)
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except FileNotFoundError:
         raise RecipeError(f"recipe {path}: file not found") from None
+    except IsADirectoryError:
+        raise RecipeError(f"recipe {path}: is a folder, not a YAML file") from None
+    except UnicodeDecodeError as e:
+        raise RecipeError(f"recipe {path}: not UTF-8 text (byte {e.start}: {e.object[e.start:e.start + 1]!r})") from None
     except yaml.YAMLError as e:
         raise RecipeError(f"recipe {path}: not valid YAML: {e}") from None
     if not isinstance(data, dict):
         raise RecipeError(f"recipe {path}: expected a mapping at the top level")
     return from_dict(data, overrides)
+
+
+def _absolute(ref: str, files_only: bool = False) -> str:
+    """`ref` as an absolute path when it names a file or folder from here; other references
+    (builtin:seed, pydoc:topics, a model card's name, a URL) as they are. With `files_only`,
+    only a .gguf or card .yaml (a folder that happens to share a card's name is not the card)."""
+    p = Path(ref).expanduser()
+    if ":" in ref.split("/")[0] or (files_only and not ref.endswith((".gguf", ".yaml", ".yml"))):
+        return ref
+    return str(p.resolve()) if p.exists() else ref
+
+
+def with_absolute_paths(recipe: Recipe) -> Recipe:
+    """The recipe with its relative paths made absolute from the working directory. A run saves
+    this in its recipe.yaml: `humpback evaluate RUN` from another folder then reads the same files
+    (and the same fingerprints) instead of finding none and redoing the corpus."""
+    data = replace(recipe.data, seed=_absolute(recipe.data.seed), corpus=[_absolute(c) for c in recipe.data.corpus])
+    evaluate = replace(recipe.evaluate, judge=_absolute(recipe.evaluate.judge, files_only=True))
+    return replace(recipe, model=_absolute(recipe.model, files_only=True), data=data, evaluate=evaluate)
 
 
 def dump_recipe(recipe: Recipe) -> str:

@@ -31,8 +31,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from .crashguard import quiet_stderr
 from .engine import DigitScore, Prompting
-from .models import ContextError, ModelError, quiet_stderr
+from .models import ContextError, ModelError
 
 if TYPE_CHECKING:
     from .recipe import EngineConfig
@@ -130,18 +131,22 @@ class RemoteEngine(Prompting):
             raise ModelError(f"the server at {self.base_url} does not serve {model!r} (it serves: "
                              f"{', '.join(served) or 'nothing'}); start it with the run's adapters under "
                              "their model names (`humpback serve-config`) or load it into llama-server with --lora "
-                             "(README \"Bigger than one machine\")")
+                             "(docs/remote.md)")
         return model
+
+    def _auth(self) -> dict[str, str]:
+        """The key for requests outside the OpenAI client: a key-protected server answers them
+        401 without it, and the tokenizer check would then skip itself without a word."""
+        return {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
 
     def _get(self, path: str) -> Any:
         """GET `path` at the server's root (outside the OpenAI API); None where it has none."""
         import json
         import urllib.request
 
-        headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
         try:
             with urllib.request.urlopen(urllib.request.Request(self.base_url.removesuffix("/v1") + path,
-                                                               headers=headers), timeout=30) as resp:
+                                                               headers=self._auth()), timeout=30) as resp:
                 return json.load(resp)
         except (OSError, ValueError):
             return None
@@ -166,7 +171,8 @@ class RemoteEngine(Prompting):
         root = self.base_url.removesuffix("/v1")
         for path, body in (("/extras/tokenize", {"input": probe, "model": self.model}),  # llama_cpp.server
                            ("/tokenize", {"content": probe, "model": self.model, "prompt": probe})):  # llama-server, vLLM
-            req = urllib.request.Request(root + path, json.dumps(body).encode(), {"Content-Type": "application/json"})
+            req = urllib.request.Request(root + path, json.dumps(body).encode(),
+                                         {"Content-Type": "application/json", **self._auth()})
             try:
                 with urllib.request.urlopen(req, timeout=30) as resp:
                     got = json.load(resp).get("tokens")
@@ -307,21 +313,18 @@ class RemoteEngine(Prompting):
         self.llm.close()
 
 
-def llama_cpp_server_config(recipe: Any, run_dir: str | Path, base_gguf: str | Path, host: str = "127.0.0.1",
-                            port: int = 8000) -> dict[str, Any]:
+def llama_cpp_server_config(cfg: EngineConfig, base_gguf: str | Path, adapters: list[Path],
+                            host: str = "127.0.0.1", port: int = 8000) -> dict[str, Any]:
     """A `python -m llama_cpp.server --config_file` config that serves a run: the base model as
-    `base` and every adapter the run will train under its model name (backward, M0, M1, ...).
-    The server loads a model when first asked for it, so this is written before the run starts;
-    the paths are those the server sees (a shared folder, or the same machine)."""
-    from . import graph, layout
-    from .engine import physical_cores
+    `base` and each of `adapters` (a run's `adapter.gguf` files, `graph.adapter_stages`) under the
+    name of the model it makes (backward, M0, M1, ...). The server loads a model when first asked
+    for it, so this is written before the run starts; the paths are those the server sees."""
+    from . import layout
+    from .hardware import physical_cores
 
-    run_dir = Path(run_dir).resolve()
-    common = {"model": str(Path(base_gguf).resolve()), "n_ctx": recipe.engine.n_ctx, "verbose": False,
-              "n_threads": recipe.engine.n_threads or physical_cores()}
+    common = {"model": str(Path(base_gguf).resolve()), "n_ctx": cfg.n_ctx, "verbose": False,
+              "n_threads": cfg.n_threads or physical_cores()}
     models = [{**common, "model_alias": "base"}]
-    stages = ["backward"] + [p.name for p in graph.plan(recipe) if layout.model_name(p.name)]
-    for stage in stages:
-        adapter = run_dir / stage / "adapter.gguf"
-        models.append({**common, "model_alias": layout.served_name(adapter), "lora_path": str(adapter)})
+    for adapter in adapters:
+        models.append({**common, "model_alias": layout.served_name(adapter), "lora_path": str(Path(adapter).resolve())})
     return {"host": host, "port": port, "models": models}

@@ -71,12 +71,16 @@ def gather(root: str | Path) -> dict[str, Any]:
 
 def _examples(scored: list[dict], kept_ids: set[str], n: int = 2) -> dict[str, list[dict]]:
     """Best, borderline (nearest the cutoff, kept and dropped) and rejected pairs of a round."""
-    rows = sorted((s for s in scored if s.get("score") is not None), key=lambda s: -s["score"])
+    # each pair says whether selection kept it: a top-scored pair can still be dropped (a near
+    # duplicate, or past max_per_source), so "best" is not "kept"
+    rows = sorted(({**s, "kept": s["id"] in kept_ids} for s in scored if s.get("score") is not None),
+                  key=lambda s: -s["score"])
     if not rows:
         return {}
     kept = [s for s in rows if s["id"] in kept_ids]
     dropped = [s for s in rows if s["id"] not in kept_ids]
-    border = (kept[-1:] if kept else []) + (dropped[:1] if dropped else [])
+    below = [s for s in dropped if not kept or s["score"] <= kept[-1]["score"]]  # under the cutoff, not a duplicate
+    border = kept[-1:] + below[:1]
     return {"best": rows[:n], "borderline": border, "rejected": dropped[-n:][::-1]}
 
 
@@ -162,7 +166,7 @@ def plot_metrics(g: dict) -> str | None:
     a1.set_title("held-out NLL per answer token\n(lower is better)")
     width = 0.38
     xs = range(len(names))
-    for off, ref, color in ((-width / 2, "base", "#4c78a8"), (width / 2, "M0", "#f58518")):
+    for off, ref, color in ((-width / 2, layout.BASE, "#4c78a8"), (width / 2, layout.SEED_MODEL, "#f58518")):
         vals = [(ev["models"][n].get(f"vs_{ref}") or {}).get("win_rate") for n in names]
         a2.bar([x + off for x in xs], [v if v is not None else 0 for v in vals], width,
                label=f"vs {ref}", color=color)
@@ -234,7 +238,7 @@ def _ablation(ev: dict) -> dict | None:
     if not final or not any(a in ev["models"] for a in layout.ABLATIONS):
         return None
     rows, verdicts = [], []
-    for other in ["M0", *[a for a in layout.ABLATIONS if a in ev["models"]]]:
+    for other in [layout.SEED_MODEL, *[a for a in layout.ABLATIONS if a in ev["models"]]]:
         d = diffs.get(f"{final} - {other}")
         w = ev["models"][final].get(f"vs_{other}") or {}
         rows.append([f"{final} vs {other}", d and d["diff"], d and f"[{d['ci'][0]}, {d['ci'][1]}]", _rate_ci(w)])
@@ -302,8 +306,8 @@ def summary_table(g: dict[str, Any]):
     for col in ("model", "NLL/token", "win vs base", "win vs M0", "trained on (seed+curated)", "kept / candidates"):
         t.add_column(col)
     ev = (g["evaluation"] or {}).get("models", {})
-    kept = {f"M{c['round']}": f"{c['kept']} / {c['candidates']}" for c in g["curation"]}
-    names = list(ev) or ["base"] + [f"M{k}" for k in range(len(g["curation"]) + 1)]
+    kept = {layout.round_model(c["round"]): f"{c['kept']} / {c['candidates']}" for c in g["curation"]}
+    names = list(ev) or [layout.BASE] + [layout.round_model(k) for k in range(len(g["curation"]) + 1)]
     for n in names:
         v = ev.get(n, {})
         rows = g["train"].get(n, (None, None))[1]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .store import DataError, file_digest, read_jsonl
+from .store import DataError, file_digest, read_jsonl, unique_ids
 
 BUILTIN = "builtin:seed"
 
@@ -25,6 +25,7 @@ def load_seed(ref: str, heldout: int, max_seed: int | None = None) -> tuple[list
     rows = read_jsonl(seed_path(ref), required=("instruction", "output"))
     for i, row in enumerate(rows):
         row.setdefault("id", f"seed-{i:03d}")
+    unique_ids(rows, seed_path(ref))
     if heldout >= len(rows):
         raise DataError(f"{ref}: {len(rows)} seed rows but data.heldout={heldout}: nothing left to train on")
     marked = [r for r in rows if r.get("split") == "heldout"]

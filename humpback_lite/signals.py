@@ -10,7 +10,7 @@
 
 Why likelihoods: a 135M judge cannot read the rubric (measured AUC 0.42-0.54 on matched vs
 mismatched pairs), while its likelihoods separate them (PMI 0.82, IFD 0.84-0.86 on 40 human-written
-Python FAQ pairs against hard negatives; see README, "Curation"). `combined` ranks candidates by
+Python FAQ pairs against hard negatives; see docs/curation.md). `combined` ranks candidates by
 the average of their percentile ranks under several signals.
 """
 
@@ -20,7 +20,7 @@ from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 
 from . import prompts
-from .engine import Engine
+from .engines import EngineLike
 from .recipe import LIKELIHOOD_SIGNALS, RUBRIC_MODES, SIGNALS  # noqa: F401  (the recipe's vocabulary)
 
 
@@ -35,22 +35,22 @@ class Scorer:
     `known_backward` (a previous round's, by (instruction, answer)) are not computed again, and the
     backward model is opened (`open_backward`) only when a pair is not there."""
 
-    judge: Engine
-    backward_engine: Engine | None = None
+    judge: EngineLike
+    backward_engine: EngineLike | None = None
     tags: bool = True
     max_answer_tokens: int = 400
-    open_backward: Callable[[], Engine] | None = None
+    open_backward: Callable[[], EngineLike] | None = None
     known_backward: dict[tuple[str, str], dict[str, float]] = field(default_factory=dict)
     _uncond: dict[str, float] = field(default_factory=dict)
     _backward_ref: dict[str, float] = field(default_factory=dict)
 
-    def _answer_tokens(self, engine: Engine, answer: str) -> list[int]:
+    def _answer_tokens(self, engine: EngineLike, answer: str) -> list[int]:
         # sanitize: corpus text cannot close the turn; cut to keep both passes inside n_ctx
         text = engine.truncate(prompts.sanitize(answer), self.max_answer_tokens)
         return engine.tokenize(text)
 
     @staticmethod
-    def _mean_logprobs(engine: Engine, passes: list[tuple[str, list[int]]]) -> list[float]:
+    def _mean_logprobs(engine: EngineLike, passes: list[tuple[str, list[int]]]) -> list[float]:
         """Mean log-prob of each (context text, target tokens); 0 for an empty target. The passes
         go to the engine together, so that it can share their common prefixes."""
         todo = [i for i, (_, target) in enumerate(passes) if target]

@@ -17,10 +17,11 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import shutil
 import tempfile
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Collection, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -71,13 +72,54 @@ def atomic_path(path: str | Path, suffix: str = "") -> Iterator[Path]:
             tmp_path.unlink()
 
 
+def copy_file(src: str | Path, dst: str | Path) -> None:
+    """Copy `src` to `dst` atomically (a temp file, fsync, rename): a kill or a full disk leaves the
+    old `dst` or none, never half of one."""
+    with atomic_path(dst, suffix=Path(dst).suffix) as tmp:
+        shutil.copyfile(src, tmp)
+
+
+def copy_tree(src: str | Path, dst: str | Path) -> None:
+    """Copy every file under `src` into `dst`, each with `copy_file`."""
+    for f in sorted(Path(src).rglob("*")):
+        if f.is_file():
+            copy_file(f, Path(dst) / f.relative_to(src))
+
+
+# What atomic_path and atomic_dir leave when the process is killed before the rename: a dot, the
+# target's name, mkstemp's 8 random characters, and the temp suffix (".tmp", ".gguf", ...) if any.
+_ATOMIC_TEMP = re.compile(r"^\..+\.[a-z0-9_]{8}(\.[A-Za-z0-9]+)?$")
+
+
+def remove_stale_temps(folder: str | Path) -> int:
+    """Delete what killed atomic writes left in `folder` (a stage resumed after a kill); the number
+    removed. Only names of that form: a user's or the trainer's own dot-files stay."""
+    n = 0
+    for p in sorted(Path(folder).rglob(".*"), key=lambda p: len(p.parts), reverse=True):
+        if _ATOMIC_TEMP.match(p.name) and p.exists():
+            shutil.rmtree(p) if p.is_dir() else p.unlink()
+            n += 1
+    return n
+
+
+def dumps(obj: Any, **kw: Any) -> str:
+    """JSON as readable UTF-8; a string that UTF-8 cannot hold (a file name that is not UTF-8,
+    decoded by Python with lone surrogates) is written as \\udcXX escapes instead of failing."""
+    text = json.dumps(obj, ensure_ascii=False, **kw)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        text = json.dumps(obj, ensure_ascii=True, **kw)
+    return text
+
+
 def write_text(path: str | Path, text: str) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(text, encoding="utf-8")
 
 
 def write_json(path: str | Path, obj: Any) -> None:
-    write_text(path, json.dumps(obj, indent=2, ensure_ascii=False, default=str) + "\n")
+    write_text(path, dumps(obj, indent=2, default=str) + "\n")
 
 
 def read_json(path: str | Path) -> Any:
@@ -88,19 +130,25 @@ def write_jsonl(path: str | Path, rows: Iterable[dict[str, Any]]) -> int:
     n = 0
     with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
         for row in rows:
-            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+            f.write(dumps(row) + "\n")
             n += 1
     return n
 
 
 @contextlib.contextmanager
-def atomic_dir(path: str | Path) -> Iterator[Path]:
-    """Build a directory under a temp name, then rename it into place (replacing an old one)."""
+def atomic_dir(path: str | Path, owned: Collection[str] | None = None) -> Iterator[Path]:
+    """Build a directory under a temp name, then rename it into place, replacing an old one. With
+    `owned` (a folder the user named), the old one is replaced only if it holds nothing but those
+    names and what the new one holds (`check_owned`): `-o ~/models` must not delete ~/models."""
     path = Path(path)
+    if owned is not None:
+        check_owned(path, owned)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
     try:
         yield tmp
+        if owned is not None:
+            check_owned(path, set(owned) | {p.name for p in tmp.iterdir()})
         for f in tmp.rglob("*"):
             if f.is_file():
                 with open(f, "rb") as fh:
@@ -113,6 +161,21 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def check_owned(path: str | Path, owned: Collection[str]) -> None:
+    """Refuse (DataError, nothing changed) when `path` is a file, or a folder with entries other
+    than `owned`: those are the user's, and replacing the folder would delete them."""
+    path = Path(path)
+    if not path.exists():
+        return
+    if not path.is_dir():
+        raise DataError(f"{path} is a file, not a folder; nothing was changed: choose a new or empty folder")
+    foreign = sorted(p.name for p in path.iterdir() if p.name not in owned)
+    if foreign:
+        more = f" and {len(foreign) - 5} more" if len(foreign) > 5 else ""
+        raise DataError(f"{path} already holds files this command did not write ({', '.join(foreign[:5])}{more}); "
+                        "nothing was changed: choose a new or empty folder")
 
 
 def read_jsonl(path: str | Path, required: Iterable[str] = ()) -> list[dict[str, Any]]:
@@ -173,7 +236,7 @@ class JsonlAppender:
         return rows
 
     def append(self, row: dict[str, Any]) -> None:
-        self._f.write(json.dumps(row, ensure_ascii=False) + "\n")
+        self._f.write(dumps(row) + "\n")
         self._pending += 1
         if self._pending >= self._fsync_every:
             self.flush()
@@ -262,7 +325,7 @@ def resume_jsonl_windows(path: str | Path, items: Iterable[Any], key: Callable[[
 
 
 def fingerprint(*parts: Any) -> str:
-    blob = json.dumps(parts, sort_keys=True, default=str, ensure_ascii=False).encode()
+    blob = dumps(parts, sort_keys=True, default=str).encode()
     return hashlib.sha256(blob).hexdigest()[:16]
 
 
@@ -302,6 +365,44 @@ def tree_digest(root: str | Path, cache: Path | None = None, hidden: bool = True
 # ----------------------------------------------------------------------------- the run folder
 
 
+def inputs_path(path: str | Path) -> Path:
+    """The hidden record, beside a stand-alone command's output, of what it was written from."""
+    path = Path(path)
+    return path.with_name(f".{path.name}.inputs.json")
+
+
+def claim_output(path: str | Path, identity: dict[str, Any], command: str) -> None:
+    """Let a stand-alone command append to `path` (resuming it) only if the same inputs wrote it.
+
+    A rerun with another input, adapter or setting would otherwise keep the old records under the
+    same ids and write nothing, and a file the command did not write would be appended to; both are
+    refused with what differs, and nothing is changed. `identity` is JSON data (digests, settings)."""
+    path, side = Path(path), inputs_path(path)
+    if side.exists():
+        old = read_json(side).get("identity", {})
+        changed = sorted(k for k in set(identity) | set(old) if old.get(k) != identity.get(k))
+        if not changed:
+            return
+        raise DataError(f"{path} was written from other inputs ({', '.join(changed)} differ); nothing was changed: "
+                        f"delete it and {side.name} to start over, or give another output path")
+    if path.exists() and path.stat().st_size > 0:
+        raise DataError(f"{path} exists and was not written by `humpback {command}` (no {side.name} beside it); "
+                        f"nothing was changed: give another output path")
+    write_json(side, {"command": command, "identity": identity})
+
+
+def unique_ids(rows: list[dict[str, Any]], source: str | Path) -> None:
+    """Records are resumed and joined by `id`: a repeated one (two files concatenated) would be
+    skipped as already done, so it is an error naming both lines."""
+    seen: dict[str, int] = {}
+    for i, r in enumerate(rows, 1):
+        rid = r.get("id")
+        if rid in seen:
+            raise DataError(f"{source}: record {i} repeats the id {rid!r} of record {seen[rid]}; ids must be unique "
+                            f"(records are resumed and matched by id): renumber or drop the field")
+        seen[rid] = i
+
+
 class RunBusy(RuntimeError):
     """Another process is running this folder; the message names it."""
 
@@ -310,8 +411,10 @@ class RunLock:
     """One process per run folder: an exclusive `flock` on RUN/.lock, held while the loop runs.
     The kernel drops it when the process ends however it ends, so a crash leaves no stale lock."""
 
+    NAME = ".lock"
+
     def __init__(self, root: str | Path):
-        self.path = Path(root) / ".lock"
+        self.path = Path(root) / self.NAME
         self._f = None
 
     def __enter__(self) -> RunLock:
@@ -373,6 +476,14 @@ class Run:
         path = self.root / self.MANIFEST
         self.manifest: dict[str, Any] = read_json(path) if path.exists() else {"stages": {}}
 
+    @classmethod
+    def existing(cls, root: str | Path) -> Run:
+        """A run folder that must already be one (status, report): anything else is an error,
+        not an empty table or a report/ folder written into the user's directory."""
+        if not (Path(root) / cls.MANIFEST).is_file():
+            raise DataError(f"{root} is not a run folder (no {cls.MANIFEST}); start one with `humpback run RECIPE`")
+        return cls(root)
+
     def dir(self, stage: str) -> Path:
         return self.root / stage
 
@@ -389,9 +500,14 @@ class Run:
         one interrupted with the same fingerprint keeps its partial files so it can resume."""
         info = self.info(stage)
         d = self.dir(stage)
-        if info is None or info.fingerprint != fp:
-            if d.exists():
-                shutil.rmtree(d)
+        if info is None and d.exists() and any(d.iterdir()):
+            # not ours: the manifest records every stage folder before anything is written into it
+            raise DataError(f"{d} exists and is not a stage of this run (its manifest does not list it); "
+                            f"nothing was deleted: move it away, or give the run another --out folder")
+        if info is not None and info.fingerprint != fp and d.exists():
+            shutil.rmtree(d)
+        elif d.exists():
+            remove_stale_temps(d)  # an interrupted stage keeps its records, not half-written files
         d.mkdir(parents=True, exist_ok=True)
         self.manifest["stages"][stage] = {"fingerprint": fp, "status": "running", "started": time.time()}
         self._save()

@@ -25,19 +25,21 @@ from typing import Any
 
 from .hardware import train_dtype
 from .layout import TrainCounts
-from .models import ModelCard
+from .models import ModelCard, require_chat_template
+from .progress import Progress, silent
 from .recipe import TrainConfig
-from .store import atomic_dir
+from .store import atomic_dir, check_owned
 
 
 class TrainError(RuntimeError):
     """Training cannot start (backend unavailable, no rows); the message says what to change."""
 
-Progress = Callable[[int, int], None]
+StepReport = Callable[[int, int], None]  # (step, total steps)
 
 
 def _hush() -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")  # an offline tool starts no telemetry thread
     warnings.filterwarnings("ignore", category=UserWarning)
     warnings.filterwarnings("ignore", category=FutureWarning)
     for name in ("transformers", "trl", "peft", "accelerate", "datasets", "bitsandbytes"):
@@ -53,7 +55,7 @@ def _hush() -> None:
         pass
 
 
-def prepare_weights(card: ModelCard, gguf_path: Path) -> str:
+def prepare_weights(card: ModelCard, gguf_path: Path, progress: Progress = silent) -> str:
     """Trainable weights for a card: a Hub repo id, or the GGUF dequantized once by transformers
     and cached as bf16 safetensors (loading from GGUF takes ~20-40 s; safetensors ~1 s). The cache
     stays bf16 whatever the training dtype: float32 training loads it exactly, so every kind of
@@ -65,10 +67,15 @@ def prepare_weights(card: ModelCard, gguf_path: Path) -> str:
         return str(out)
     _hush()
     import torch
+    import transformers.modeling_gguf_pytorch_utils as gguf_utils
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
-    model = AutoModelForCausalLM.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name, dtype=torch.bfloat16)
+    # transformers draws its own tqdm bar here, into the terminal beside rich's display; ours says
+    # what the step is and that it happens once per model
+    gguf_utils.tqdm = lambda items, **kw: items
+    with progress(f"{card.name}: GGUF -> training weights (once per model)", None):
+        tok = AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
+        model = AutoModelForCausalLM.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name, dtype=torch.bfloat16)
     # A GGUF-loaded model refuses save_pretrained until its (de)quantizer marker is dropped.
     model.hf_quantizer = None
     if hasattr(model.config, "quantization_config"):
@@ -188,7 +195,7 @@ def train_lora(
     weights: str,
     cfg: TrainConfig,
     seed: int = 0,
-    progress: Progress | None = None,
+    progress: StepReport | None = None,
 ) -> TrainCounts:
     """Fine-tune a LoRA on `rows` ({"prompt": [messages], "completion": [assistant message]})
     and write the PEFT adapter to `out_dir` atomically. Returns training statistics.
@@ -235,7 +242,7 @@ def train_lora(
     seen = max((float(h.get("num_tokens", 0)) for h in trainer.state.log_history), default=0.0)
     if int(os.environ.get("RANK", 0)) != 0:  # DDP: rank 0 holds the same adapter and writes it
         return TrainCounts(rows=len(rows), steps=trainer.state.global_step)
-    with atomic_dir(out_dir) as tmp:
+    with atomic_dir(out_dir, owned=ADAPTER_FILES) as tmp:
         trainer.model.save_pretrained(tmp)
         stats = TrainCounts(
             rows=len(rows), steps=trainer.state.global_step,
@@ -378,7 +385,7 @@ def _die_with_parent() -> None:
 
 
 def _launch(rows: list[dict[str, Any]], out_dir: Path, weights: str, cfg: TrainConfig, seed: int,
-            progress: Progress | None, n: int) -> TrainCounts:
+            progress: StepReport | None, n: int) -> TrainCounts:
     """Train with `n` DDP processes under torchrun; rank 0 writes the adapter to `out_dir`."""
     import dataclasses
 
@@ -441,15 +448,23 @@ def _worker(job_file: str) -> None:
         raise
 
 
+# What a training writes into its adapter folder (PEFT's files, our stats, the GGUF conversion): an
+# existing folder holding anything else is the user's and is not replaced.
+ADAPTER_FILES = frozenset({"adapter_config.json", "adapter_model.safetensors", "README.md", "train_stats.json",
+                           "adapter.gguf"})
+
+
 def run(examples: list[dict[str, Any]], adapter_dir: Path, gguf_out: Path, card: ModelCard, gguf: Path,
-        cfg: TrainConfig, seed: int = 0, progress=None, label: str = "train") -> TrainCounts:
+        cfg: TrainConfig, seed: int = 0, progress: Progress = silent, label: str = "train") -> TrainCounts:
     """A training stage, for the loop and `humpback train`: a LoRA on `examples` into `adapter_dir`
     (PEFT), converted into `gguf_out` for llama.cpp."""
-    from . import ui
     from .adapters import peft_to_gguf
 
-    weights = prepare_weights(card, gguf)
-    with (progress or ui.progress)(label, None) as advance:
+    # before minutes of training: a folder of the user's own files is refused, not replaced
+    check_owned(adapter_dir, ADAPTER_FILES | {Path(gguf_out).name})
+    require_chat_template(card, gguf)
+    weights = prepare_weights(card, gguf, progress)
+    with progress(label, None) as advance:
         stats = train_lora(examples, adapter_dir, weights, cfg, seed=seed,
                            progress=lambda step, total: advance(1, total=total))
     stats.extra["gguf"] = peft_to_gguf(adapter_dir, gguf, gguf_out)

@@ -49,9 +49,10 @@ def progress(description: str, total: int | None) -> Iterator[Callable[..., None
         yield advance
 
 
-def info(msg: str) -> None:
+def say(line: str) -> None:
+    """A `progress.Say` for the terminal: a warning or note, printed as text (paths keep their brackets)."""
     if os.environ.get("HUMPBACK_QUIET") != "1":
-        console.print(msg)
+        console.print(line, style="yellow", markup=False, highlight=False, soft_wrap=True)
 
 
 def funnel_table(counts: dict):

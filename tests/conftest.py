@@ -38,6 +38,15 @@ def model_gguf(hb_home) -> Path:
 
 
 @pytest.fixture(scope="session")
+def header_model(hb_home) -> Path:
+    """A header-only GGUF (llama shape, ChatML template, no real weights): the model of runs whose
+    engines are fakes and whose training is stubbed, so the fast lane needs no model file."""
+    from fakes import header_only_gguf
+
+    return header_only_gguf(hb_home / "header-only" / "tiny.gguf")
+
+
+@pytest.fixture(scope="session")
 def engine(model_gguf):
     from humpback_lite.engine import Engine
 
@@ -63,3 +72,19 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if SLOW_FIXTURES & set(item.fixturenames) or item.module.__name__ in SLOW_MODULES:
             item.add_marker(pytest.mark.slow)
+
+
+@pytest.fixture(autouse=True)
+def _fast_tests_open_no_real_model(request, monkeypatch):
+    """A test outside the slow tier that loads a model into llama.cpp or trains fails, naming
+    itself: the fast lane (`-m "not slow"`) must stay fast on any CPU and honest about its tier."""
+    if request.node.get_closest_marker("slow"):
+        return
+    from humpback_lite import engine, train
+
+    def refuse(*args, **kwargs):
+        raise AssertionError(f"{request.node.nodeid} loads a real model or trains: mark it @pytest.mark.slow")
+
+    monkeypatch.setattr(engine.Engine, "__init__", refuse)
+    monkeypatch.setattr(train, "train_lora", refuse)
+    monkeypatch.setattr(train, "prepare_weights", refuse)

@@ -29,6 +29,7 @@ class FakeEngine:
 
     n_ctx = 4096
     parallel = 4
+    threadsafe = False
     score_prefix = "Score:"
 
     def __init__(self, adapter: Path | None = None, log: list | None = None):
@@ -39,7 +40,7 @@ class FakeEngine:
         self.log = log if log is not None else []
         self.log.append(("load", str(adapter)))
 
-    def format(self, messages: list[dict], assistant_prefix: str = "") -> str:
+    def format(self, messages: list[dict[str, str]], assistant_prefix: str = "") -> str:
         return "".join(f"<{m['role']}> {m['content']}\n" for m in messages) + "<assistant> " + assistant_prefix
 
     def tokenize(self, text: str) -> list[int]:
@@ -112,3 +113,38 @@ def fake_train_run(examples, adapter_dir: Path, gguf_out: Path, card, gguf, cfg,
     with atomic_path(gguf_out) as tmp:
         tmp.write_text(digest)
     return TrainCounts(rows=len(examples), steps=1, train_loss=round(1 + _h(digest) % 100 / 100, 4))
+
+
+def write_gguf(path: Path, fill, arch: str = "llama") -> Path:
+    """A GGUF written by gguf-py: `fill(writer)` adds its keys and tensors."""
+    import gguf
+
+    w = gguf.GGUFWriter(str(path), arch)
+    fill(w)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return path
+
+
+def header_only_gguf(path: Path) -> Path:
+    """A GGUF with SmolLM2-135M's header shape, a ChatML template and one small tensor: all the fakes need of a
+    model (its header), so the orchestration tests need no model file. Written once per path."""
+    if path.exists():
+        return path
+    template = ("{% for m in messages %}{{'<|im_start|>' + m['role'] + '\\n' + m['content'] + '<|im_end|>\\n'}}"
+                "{% endfor %}{% if add_generation_prompt %}{{'<|im_start|>assistant\\n'}}{% endif %}")
+    def fill(w) -> None:
+        # SmolLM2-135M's attention shape: what sizes llama.cpp's KV cache (engine.kv_bytes_per_token)
+        w.add_block_count(30)
+        w.add_context_length(2048)
+        w.add_embedding_length(576)
+        w.add_head_count(9)
+        w.add_head_count_kv(3)
+        w.add_chat_template(template)
+        w.add_tensor("token_embd.weight", np.zeros((16, 64), dtype=np.float32))
+
+    with atomic_path(path, suffix=".gguf") as tmp:
+        write_gguf(tmp, fill)
+    return path

@@ -9,8 +9,8 @@ import pytest
 
 from humpback_lite import augment, store
 from humpback_lite.engine import Engine
-from humpback_lite.models import runtime_gguf
 from humpback_lite.recipe import AugmentConfig
+from humpback_lite.runtime import runtime_gguf
 from humpback_lite.seed import load_seed
 
 pytestmark = pytest.mark.slow

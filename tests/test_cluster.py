@@ -20,7 +20,8 @@ COMPARED = ["augment/pairs.jsonl", "round_01/score/scored.jsonl", "round_01/scor
 
 
 @pytest.fixture(scope="module")
-def local_cluster():
+def local_cluster(hb_home):
+    # after hb_home: the workers inherit its HUMPBACK_HOME, so they too leave the user's cache alone
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield
     ray.shutdown()

@@ -162,7 +162,9 @@ def test_segment_command_prints_funnel_and_fails_clearly_on_nothing(tmp_path):
     (tmp_path / "tiny.txt").write_text("too short")
     res = CliRunner().invoke(main, ["segment", str(tmp_path / "tiny.txt"), "-o", str(tmp_path / "none.jsonl")])
     assert res.exit_code == 1 and "no segments of 600-3000 characters" in res.output
+    assert "1 pieces shorter than min_chars, 9 characters (keep them: a lower data.min_chars / --min-chars)" in res.output
     assert "Traceback" not in res.output and not (tmp_path / "none.jsonl").exists()
+
 
 
 def test_pydoc_segments_respect_the_length_window_and_are_unique():

@@ -13,7 +13,7 @@ import pytest
 
 from humpback_lite import engine as engine_mod
 from humpback_lite.engine import AMX_FLAGS, Engine, cpu_flags, use_extra_buffers
-from humpback_lite.models import runtime_gguf
+from humpback_lite.runtime import runtime_gguf
 
 HAS_AMX = bool(AMX_FLAGS & cpu_flags())
 

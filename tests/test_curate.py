@@ -200,3 +200,15 @@ def test_likelihood_modes_need_a_ranking_rule_and_known_signals():
         CurateConfig(mode="pmi")
     with pytest.raises(RecipeError, match=r"signals: unknown signal\(s\) \['bleu'\]"):
         CurateConfig(signals=["bleu"])
+
+
+def test_an_over_long_instruction_is_skipped_with_its_reason_not_a_stop_for_the_file(engine, tmp_path):
+    long_q = "Explain this part of the manual. " * 400  # ~2,800 tokens: more than the context holds
+    pairs = [{"id": "a", "instruction": LIST_Q, "output": ANSWER},
+             {"id": "long", "instruction": long_q, "output": ANSWER},
+             {"id": "c", "instruction": DICT_Q, "output": DICT_A}]
+    summary = curate.score_pairs(Scorer(engine), pairs, tmp_path / "s.jsonl", CurateConfig(mode="expected", checks=0))
+    recs = {r["id"]: r for r in curate.read_jsonl(tmp_path / "s.jsonl")}
+    assert recs["long"]["score"] is None and recs["long"]["skipped"] == "instruction longer than 256 tokens"
+    assert 1 <= recs["a"]["score"] <= 5 and 1 <= recs["c"]["score"] <= 5
+    assert (summary["scored"], summary["unscored"]) == (2, 1)

@@ -20,15 +20,15 @@ from humpback_lite.engine import (
 from humpback_lite.recipe import EngineConfig
 
 
-def test_kv_cache_size_per_token_comes_from_the_gguf_header(model_gguf):
-    # SmolLM2-135M: 30 blocks x 3 KV heads x 64 dims x (K and V) x 2 bytes (f16)
-    assert kv_bytes_per_token(model_gguf) == 30 * 3 * 64 * 2 * 2
+def test_kv_cache_size_per_token_comes_from_the_gguf_header(header_model):
+    # SmolLM2-135M's shape: 30 blocks x 3 KV heads x 64 dims x (K and V) x 2 bytes (f16)
+    assert kv_bytes_per_token(header_model) == 30 * 3 * 64 * 2 * 2
 
 
-def test_auto_parallel_fills_the_kv_budget_and_stops_at_sixteen(model_gguf):
-    assert auto_parallel(model_gguf, 2048) == 16  # 16 x 45 MiB fit 1 GiB
-    assert auto_parallel(model_gguf, 8192) == 5  # 1 GiB // 180 MiB
-    assert auto_parallel(model_gguf, 10**7) == 1  # never fewer than one sequence
+def test_auto_parallel_fills_the_kv_budget_and_stops_at_sixteen(header_model):
+    assert auto_parallel(header_model, 2048) == 16  # 16 x 45 MiB fit 1 GiB
+    assert auto_parallel(header_model, 8192) == 5  # 1 GiB // 180 MiB
+    assert auto_parallel(header_model, 10**7) == 1  # never fewer than one sequence
 
 
 def test_threads_default_to_the_physical_cores_this_process_may_use():
@@ -36,10 +36,11 @@ def test_threads_default_to_the_physical_cores_this_process_may_use():
     assert 1 <= n <= len(os.sched_getaffinity(0))
 
 
+@pytest.mark.slow  # needs the embedded model's file in the cache
 def test_models_command_shows_what_the_engine_would_use_here(model_gguf):
     out = CliRunner().invoke(main, ["models"], terminal_width=200).output
     assert f"threads {EngineConfig().n_threads or physical_cores()}" in out
-    assert "parallel 16 (auto; KV cache 720 MiB)" in out and "runtime_type bf16" in out
+    assert "parallel 16 (auto; KV cache 720 MiB)" in out and "runtime_type auto" in out
 
 
 CXX_LIB = '#include <locale>\nextern "C" const void * {name}() {{ return &std::locale::classic(); }}\n'

@@ -82,6 +82,7 @@ def test_passes_that_share_a_prefix_score_as_if_alone_and_evaluate_it_once(engin
     assert engine.token_logprobs(*passes[1]).tolist() == alone[1].tolist()
 
 
+@pytest.mark.slow  # loads the real model into llama.cpp
 def test_token_logprobs_span_several_llama_batches(model_gguf):
     e = Engine(model_gguf, n_ctx=512, n_batch=16)
     try:
@@ -163,6 +164,7 @@ def test_data_stats_counts_openings_and_sources():
     assert dict(s["sources"]) == {"a.html": 2, "b.txt": 1}
 
 
+@pytest.mark.slow  # loads the real model into llama.cpp
 def test_evaluation_resumes_after_the_last_complete_record(model_gguf, tmp_path):
     from humpback_lite.evaluate import Contender, evaluate_models
     from humpback_lite.seed import load_seed
@@ -187,6 +189,7 @@ def test_evaluation_resumes_after_the_last_complete_record(model_gguf, tmp_path)
     assert (tmp_path / "judgments.jsonl").read_text().splitlines(keepends=True) == judgments
 
 
+@pytest.mark.slow  # loads the real model into llama.cpp
 def test_overlong_pairs_are_cut_or_skipped_not_fatal(model_gguf):
     e = Engine(model_gguf, n_ctx=256)
     try:

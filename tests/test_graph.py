@@ -135,6 +135,8 @@ def test_layout_names_round_trip():
     assert layout.model_name("round_03/train") == "M3" and layout.model_stage("M3") == "round_03/train"
     assert layout.model_name("ablation_random") == "random" and layout.model_stage("random") == "ablation_random"
     assert layout.model_name("backward") is None and layout.model_stage("base") is None
+    assert layout.round_model(12) == "M12" and layout.model_round("M12") == 12
+    assert layout.model_round("base") is None and layout.model_round("M1x") is None
     assert layout.rounds(["round_02/score", "round_01/score", "round_01/select", "seed"], "score") == [1, 2]
     with pytest.raises(ValueError):
         layout.stage("score")
@@ -157,9 +159,16 @@ STAGE_MODULES = {"corpus", "augment", "curate", "signals", "train", "adapters", 
                  "loop", "engine", "engines", "chat"}
 
 
-@pytest.mark.parametrize("module", ["recipe", "store", "models", "layout", "graph", "prompts", "seed", "readers"])
+@pytest.mark.parametrize("module", ["recipe", "store", "models", "layout", "graph", "prompts", "seed", "readers",
+                                    "progress", "hardware"])
 def test_foundations_know_no_stage(module):
     assert not _imports(module) & STAGE_MODULES, _imports(module) & STAGE_MODULES
+
+
+@pytest.mark.parametrize("module", sorted(STAGE_MODULES | {"cluster", "remote", "runtime"}))
+def test_no_stage_reaches_up_to_the_terminal(module):
+    # progress bars and warnings are handed in (`progress.Progress`, `progress.Say`) by the CLI
+    assert "ui" not in _imports(module)
 
 
 def test_cli_neither_builds_an_engine_nor_trains_directly():
@@ -168,3 +177,9 @@ def test_cli_neither_builds_an_engine_nor_trains_directly():
     tree = ast.parse((PKG / "cli.py").read_text())
     names = {a.name for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) for a in n.names}
     assert not names & {"Engine", "train_lora", "peft_to_gguf", "prepare_weights", "Scorer"}
+
+
+def test_model_cards_know_no_llama_cpp():
+    # models.py: cards, downloads and GGUF headers; llama.cpp's runtime lives in the engine layer
+    source = (PKG / "models.py").read_text()
+    assert "llama_cpp" not in source and "crashguard" not in _imports("models")

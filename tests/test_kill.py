@@ -102,6 +102,8 @@ def test_training_killed_midway_leaves_nothing_and_retrains_to_the_same_adapter(
     out = tmp_path / "killed"
     proc = subprocess.Popen(train(out), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     time.sleep(total * 0.7)
+    # still at work when killed (a command that had already finished would test nothing)
+    assert proc.poll() is None and not (out / "adapter.gguf").exists()
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     deadline = time.time() + 30

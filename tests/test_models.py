@@ -2,12 +2,14 @@ import os
 
 import pytest
 from click.testing import CliRunner
+from fakes import write_gguf
 
 from humpback_lite.cli import main
 from humpback_lite.engine import Engine
 from humpback_lite.models import ModelError, fetch, get_card, list_cards
 
 
+@pytest.mark.slow  # needs the embedded model's file (fetched, or its vocabulary loaded)
 def test_default_card_fetches_the_embedded_gguf_and_checks_sha256(model_gguf):
     card = get_card("smollm2-135m")
     assert model_gguf == card.gguf_path and model_gguf.stat().st_size > 50_000_000
@@ -28,6 +30,7 @@ def test_unknown_model_lists_known_ones():
         get_card("nope")
 
 
+@pytest.mark.slow  # loads the real model into llama.cpp
 def test_corrupt_model_file_is_a_clear_error(tmp_path):
     bad = tmp_path / "broken.gguf"
     bad.write_bytes(b"this is not a model")
@@ -39,6 +42,7 @@ def test_corrupt_model_file_is_a_clear_error(tmp_path):
         Engine(truncated)
 
 
+@pytest.mark.slow  # needs the embedded model's file (fetched, or its vocabulary loaded)
 def test_cached_file_with_wrong_checksum_is_refused(hb_home, model_gguf, tmp_path, monkeypatch):
     card = get_card("smollm2-135m")
     monkeypatch.setitem(card.gguf, "sha256", "0" * 64)
@@ -46,6 +50,7 @@ def test_cached_file_with_wrong_checksum_is_refused(hb_home, model_gguf, tmp_pat
         fetch(card)
 
 
+@pytest.mark.slow  # needs the embedded model's file (fetched, or its vocabulary loaded)
 def test_models_command_lists_cards_and_cache_state(model_gguf):
     result = CliRunner().invoke(main, ["models"])
     assert result.exit_code == 0, result.output
@@ -54,7 +59,7 @@ def test_models_command_lists_cards_and_cache_state(model_gguf):
 
 def test_runtime_conversion_to_bf16_is_cached_and_scores_like_the_original(model_gguf, engine):
     from humpback_lite import prompts
-    from humpback_lite.models import runtime_gguf
+    from humpback_lite.runtime import runtime_gguf
 
     bf16 = runtime_gguf(model_gguf, "bf16")
     assert bf16 != model_gguf and bf16.read_bytes()[:4] == b"GGUF"
@@ -85,3 +90,58 @@ def test_a_plain_wheel_install_ships_the_model_cards_and_seed(tmp_path):
     out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True,
                          env={**os.environ, "PYTHONPATH": str(tmp_path / "site")})
     assert out.stdout.split() == ["cards", "smollm2-135m", "True", "True", "True"], out.stderr
+
+
+def test_a_local_gguf_is_known_by_its_file_not_its_name(hb_home, tmp_path):
+    """Two model.gguf files in two folders, or one replaced in place, never share cached weights or a
+    run's model identity (which decides whether a run's stages rerun)."""
+    from humpback_lite.loop import Loop
+    from humpback_lite.recipe import load_recipe
+
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    a, b = tmp_path / "a" / "model.gguf", tmp_path / "b" / "model.gguf"
+    a.write_bytes(b"GGUF" + b"\0" * 60)
+    b.write_bytes(b"GGUF" + b"\0" * 60)
+    assert get_card(str(a)).weights_dir != get_card(str(b)).weights_dir
+    assert get_card(str(a)).weights_dir.is_relative_to(hb_home)
+
+    from conftest import TINY
+
+    def identity() -> str:
+        return Loop(load_recipe(TINY, [f"model={a}"]), tmp_path / "run").model_id()
+
+    before, cache_before = identity(), get_card(str(a)).weights_dir
+    a.write_bytes(b"GGUF" + b"\1" * 80)  # replaced in place
+    assert identity() != before and get_card(str(a)).weights_dir != cache_before
+
+
+def test_the_gguf_header_reader_agrees_with_gguf_py_and_skips_arrays(tmp_path):
+    import gguf
+    import numpy as np
+
+    from humpback_lite.models import gguf_header
+
+    def every_kind_of_value(w) -> None:
+        w.add_uint32("llama.block_count", 3)
+        w.add_float32("llama.rope.freq_base", 10000.5)
+        w.add_bool("tokenizer.ggml.add_bos_token", True)
+        w.add_string("tokenizer.chat_template", "{{ messages }} – ü")
+        w.add_array("tokenizer.ggml.tokens", ["a", "bb", "ccc"] * 1000)
+        w.add_array("tokenizer.ggml.scores", [0.5] * 3000)
+        w.add_int64("general.some_count", -7)
+        w.add_tensor("token_embd.weight", np.zeros((8, 64), dtype=np.float32))
+        w.add_tensor("blk.0.attn_q.weight", np.ones((64, 64), dtype=np.float16))
+
+    path = write_gguf(tmp_path / "m.gguf", every_kind_of_value)
+    h = gguf_header(path)
+    reader = gguf.GGUFReader(str(path))
+    assert {t.name: (tuple(int(x) for x in t.shape), int(t.tensor_type)) for t in reader.tensors} == h.tensors
+    for key in ("llama.block_count", "tokenizer.ggml.add_bos_token", "tokenizer.chat_template", "general.some_count",
+                "general.architecture"):
+        assert h.metadata[key] == reader.fields[key].contents(), key
+    assert abs(h.metadata["llama.rope.freq_base"] - 10000.5) < 1e-3
+    assert "tokenizer.ggml.tokens" not in h.metadata  # arrays are skipped
+    path.write_bytes(path.read_bytes()[:100])  # truncated in the header
+    with pytest.raises(ModelError, match="header ends early"):
+        gguf_header(path)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from pathlib import Path
 
 import pytest
 from conftest import TINY
@@ -18,6 +19,14 @@ from humpback_lite.recipe import load_recipe
 from humpback_lite.store import read_jsonl
 
 FAST = ["export.merged=false"]  # merging needs a real adapter
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _on_the_header_model(header_model):
+    """Every loop here runs on the header-only GGUF: the fakes read no weights."""
+    FAST.append(f"model={header_model}")
+    yield
+    FAST.remove(f"model={header_model}")
 
 
 def _loop(out, *overrides, log=None):
@@ -38,7 +47,7 @@ def stub_training():
 
 
 @pytest.fixture(scope="module")
-def fake_run(model_gguf, stub_training, tmp_path_factory):
+def fake_run(header_model, stub_training, tmp_path_factory):
     out = tmp_path_factory.mktemp("fake") / "run"
     _loop(out).run()
     return out
@@ -71,7 +80,7 @@ def test_rerunning_a_finished_run_loads_no_model(fake_run, stub_training):
     assert _finished(fake_run) == before and log == []
 
 
-def test_later_rounds_check_the_same_pairs_and_reuse_the_backward_signals(model_gguf, stub_training, tmp_path):
+def test_later_rounds_check_the_same_pairs_and_reuse_the_backward_signals(header_model, stub_training, tmp_path):
     log: list = []
     out = tmp_path / "run"
     _loop(out, "curate.signals=[pmi,backward]", "evaluate.enabled=false", log=log).run()
@@ -166,7 +175,7 @@ def test_status_names_out_of_date_stages_and_rounds_the_recipe_no_longer_has(fak
     assert states["evaluate"] == "out of date"
 
 
-def test_untagged_unmerged_export_card_names_the_real_system_prompt_and_files(model_gguf, stub_training, tmp_path):
+def test_untagged_unmerged_export_card_names_the_real_system_prompt_and_files(header_model, stub_training, tmp_path):
     from humpback_lite import prompts
 
     out = tmp_path / "untagged"
@@ -176,7 +185,53 @@ def test_untagged_unmerged_export_card_names_the_real_system_prompt_and_files(mo
     assert "model.gguf" not in card and not (out / "export" / "model.gguf").exists()
 
 
-def test_no_held_out_pairs_skips_evaluation_and_finishes(model_gguf, stub_training, tmp_path):
+def test_the_export_names_no_credential_home_folder_or_absolute_path(header_model, stub_training, tmp_path,
+                                                                    monkeypatch):
+    # what `humpback push` uploads: the card embeds the recipe, the dataset carries provenance
+    import pydoc_data.topics
+
+    corpus = tmp_path / "private" / "notes.txt"
+    corpus.parent.mkdir()
+    corpus.write_text("\n\n".join(list(pydoc_data.topics.topics.values())[:40]))
+    out = tmp_path / "run"
+    monkeypatch.chdir(tmp_path)  # the corpus given relative to where the command runs
+    _loop(out, "rounds=1", "evaluate.enabled=false", "export.merged=false", "data.corpus=['private/notes.txt']",
+          "engine.base_url=http://me:s3cret@gpu-box:8080/v1?token=abc", "ray.address=ray://u:pw@head:10001").run()
+    exported = {f.name: f.read_text() for f in (out / "export").rglob("*")
+                if f.is_file() and f.suffix in (".md", ".jsonl", ".json", "") and f.stat().st_size < 10**7}
+    for name, text in exported.items():
+        for secret in ("s3cret", "token=abc", "u:pw", str(tmp_path), str(Path.home()), str(header_model.parent)):
+            assert secret not in text, (name, secret)
+    assert "http://gpu-box:8080/v1" in exported["README.md"] and "notes.txt" in exported["README.md"]
+    rows = [json.loads(x) for x in exported["dataset.jsonl"].splitlines()]
+    assert {r["provenance"] for r in rows if r["source"] != "seed"} == {"notes.txt"}
+    modelfile = exported["Modelfile"]
+    assert modelfile.startswith("FROM ../") and header_model.name in modelfile  # relative: works from the folder
+    # the run saved the corpus as an absolute path: from another folder it finds the same file, and
+    # `status` (or `evaluate`) sees every stage done instead of a changed corpus
+    assert str(corpus) in (out / "recipe.yaml").read_text()
+    monkeypatch.chdir(corpus.parent)
+    assert set(load_run(out).states().values()) == {"done"}
+
+
+def test_a_folder_that_is_not_this_runs_is_refused_before_anything_is_written(tmp_path):
+    from humpback_lite.store import DataError
+
+    mine = tmp_path / "proj"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep me")
+    with pytest.raises(DataError, match="is not empty and is not a run folder"):
+        _loop(mine).run()
+    assert [p.name for p in mine.iterdir()] == ["notes.txt"]
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "recipe.yaml").write_text("name: quickstart\n")
+    with pytest.raises(DataError, match="holds the run of recipe 'quickstart', not 'tiny'"):
+        _loop(other).run()
+    assert (other / "recipe.yaml").read_text() == "name: quickstart\n"
+
+
+def test_no_held_out_pairs_skips_evaluation_and_finishes(header_model, stub_training, tmp_path):
     out = tmp_path / "noheld"
     _loop(out, "data.heldout=0", "rounds=1").run()
     counts = json.loads((out / "manifest.json").read_text())["stages"]["evaluate"]["counts"]
@@ -196,18 +251,20 @@ def test_a_killed_run_leaves_no_stale_lock(tmp_path):
     import signal
     import subprocess
     import sys
-    import time
 
-    from humpback_lite.store import RunLock
+    from humpback_lite.store import RunBusy, RunLock
 
-    code = f"from humpback_lite.store import RunLock\nwith RunLock({str(tmp_path)!r}):\n    import time; time.sleep(60)"
-    proc = subprocess.Popen([sys.executable, "-c", code])
-    deadline = time.time() + 30
-    while time.time() < deadline and not (tmp_path / ".lock").exists():
-        time.sleep(0.05)
-    time.sleep(0.5)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    code = (f"from humpback_lite.store import RunLock\nwith RunLock({str(tmp_path)!r}):\n"
+            "    print('held', flush=True)\n    import time; time.sleep(60)")
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "held"  # the child holds the lock (not died at import)
+        with pytest.raises(RunBusy, match=f"process {proc.pid}"):
+            with RunLock(tmp_path):
+                pass
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
     with RunLock(tmp_path):  # the kernel released it with the process
         pass
 
@@ -223,3 +280,19 @@ def test_report_page_shows_every_section_and_escapes_corpus_text(fake_run, tmp_p
     # Text from the corpus is data, never markup.
     g["curation"][0]["examples"]["best"][0]["instruction"] = "<script>alert(1)</script>"
     assert "<script>" not in render(g) and "&lt;script&gt;alert(1)" in render(g)
+
+
+def test_report_examples_say_kept_only_for_pairs_selection_kept():
+    from humpback_lite.report import _examples
+
+    scored = [{"id": i, "score": s} for i, s in (("a", 0.9), ("b", 0.8), ("c", 0.5), ("d", 0.1))]
+    ex = _examples(scored, kept_ids={"b", "c"})  # "a" scored best but was dropped (a near duplicate)
+    assert [(p["id"], p["kept"]) for p in ex["best"]] == [("a", False), ("b", True)]
+    assert [(p["id"], p["kept"]) for p in ex["borderline"]] == [("c", True), ("d", False)]
+
+
+def test_a_run_killed_while_writing_its_manifest_leaves_no_temp_after_the_rerun(fake_run, stub_training, tmp_path):
+    out = _copy(fake_run, tmp_path)
+    (out / ".manifest.json.ab12cd34.tmp").write_text("{half")  # killed between write and rename
+    _loop(out).run()
+    assert not [p for p in out.rglob(".*") if p.is_file() and p.name != ".lock"]

@@ -7,6 +7,7 @@ import gzip
 import tempfile
 from pathlib import Path
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -14,6 +15,17 @@ from humpback_lite import prompts
 from humpback_lite.readers import CorpusError, Funnel, file_documents, html_sections, markdown_sections
 from humpback_lite.recipe import RecipeError, from_dict
 from humpback_lite.store import JsonlAppender
+
+
+@pytest.fixture(scope="module")
+def trafilatura_loaded():
+    """Loaded before the first example: trafilatura's import and first extraction (~3 s on a busy
+    2-core machine) would exceed the deadline of whichever example came first."""
+    import trafilatura
+
+    list(html_sections("<html><body><h1>T</h1><p>warm up</p></body></html>", "x.html"))
+    return trafilatura
+
 
 FAST = settings(max_examples=60, deadline=2000, suppress_health_check=[HealthCheck.too_slow])
 SPECIALS = st.sampled_from(["<|im_start|>", "<|im_end|>", "</answer>", "<answer>", "Score: 5", "\n\n", "#", "\x00"])
@@ -43,8 +55,8 @@ def test_readers_skip_or_read_any_bytes_without_crashing(data, suffix):
 
 
 @FAST
-@given(TEXT)
-def test_markdown_and_html_sectioning_accept_any_text(text):
+@given(text=TEXT)
+def test_markdown_and_html_sectioning_accept_any_text(trafilatura_loaded, text):
     assert all(isinstance(d.text, str) for d in markdown_sections(text, "x.md"))
     assert all(isinstance(d.text, str) for d in html_sections(f"<html><body>{text}</body></html>", "x.html"))
 
@@ -87,3 +99,34 @@ def test_any_recipe_override_either_builds_or_names_the_bad_key(pairs):
         from_dict(data)
     except RecipeError as e:  # one line naming the offending key
         assert "\n" not in str(e) and any(k.split(".")[0] in str(e) or k.split(".")[-1] in str(e) for k, _ in pairs)
+
+
+def _numeric_fields(cls, prefix: str = ""):
+    """Every int/float field of the recipe, dotted (`train.lora_dropout`)."""
+    import dataclasses
+    import typing
+
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        t = hints[f.name]
+        if dataclasses.is_dataclass(t):
+            yield from _numeric_fields(t, f"{prefix}{f.name}.")
+        elif t in (int, float) or set(typing.get_args(t)) - {type(None)} in ({int}, {float}):
+            yield f"{prefix}{f.name}", t
+
+
+def test_every_numeric_recipe_field_refuses_an_out_of_range_value_naming_itself():
+    import math
+
+    from humpback_lite.recipe import Recipe
+
+    fields = dict(_numeric_fields(Recipe))
+    assert len(fields) >= 45  # a new field joins this test by itself
+    for key, kind in fields.items():
+        for bad in ([-2] if kind is int else [-2.0, math.nan]):
+            try:
+                from_dict({}, [f"{key}={bad}"])
+            except RecipeError as e:
+                assert str(e).startswith(f"{key}: "), (key, str(e))
+            else:
+                raise AssertionError(f"{key}={bad} was accepted")

@@ -14,13 +14,14 @@ import pytest
 from click.testing import CliRunner
 from conftest import TINY
 
-from humpback_lite import augment, curate, engines
+from humpback_lite import augment, curate, engines, graph
 from humpback_lite.cli import main
 from humpback_lite.engine import Engine
 from humpback_lite.layout import served_name
-from humpback_lite.models import ModelError, runtime_gguf
+from humpback_lite.models import ModelError
 from humpback_lite.recipe import EngineConfig, load_recipe
 from humpback_lite.remote import llama_cpp_server_config, lora_scales
+from humpback_lite.runtime import runtime_path
 from humpback_lite.signals import Scorer
 from humpback_lite.store import read_jsonl
 
@@ -42,7 +43,8 @@ def server(hb_home, model_gguf, tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("remote") / "run"
     port = _free_port()
     recipe = load_recipe(TINY, RUN)
-    cfg = llama_cpp_server_config(recipe, run_dir, runtime_gguf(model_gguf, recipe.engine.runtime_type), port=port)
+    adapters = [run_dir / stage / "adapter.gguf" for stage in graph.adapter_stages(recipe)]
+    cfg = llama_cpp_server_config(recipe.engine, runtime_path(model_gguf, recipe.engine), adapters, port=port)
     cfg_file = run_dir.parent / "server.json"
     cfg_file.write_text(json.dumps(cfg))
     log = open(run_dir.parent / "server.log", "w")
@@ -155,6 +157,7 @@ def test_llama_server_gets_the_adapter_per_request_found_by_its_run_folder():
     assert lora_scales(loaded, "M2") is None  # not loaded there: the model-name error follows
 
 
+@pytest.mark.slow  # needs the embedded model's file (fetched, or its vocabulary loaded)
 def test_remote_engine_says_which_server_it_cannot_reach(model_gguf):
     cfg = EngineConfig(backend="openai", base_url=f"http://127.0.0.1:{_free_port()}/v1", retries=0, timeout=5)
     with pytest.raises(ModelError, match="cannot reach the inference server at http://127.0.0.1"):
@@ -171,8 +174,11 @@ def test_a_server_context_overflow_is_refused_before_sending(remote_run, server)
         e.close()
 
 
+@pytest.mark.slow  # needs the embedded model's file (fetched, or its vocabulary loaded)
 def test_serve_config_names_every_adapter_the_run_will_train(hb_home, model_gguf, tmp_path):
-    result = CliRunner().invoke(main, ["serve-config", str(TINY), "--out", str(tmp_path / "r"), "--port", "8123"])
+    # an explicit runtime type: no measurement (which would load the model), only the file's path
+    result = CliRunner().invoke(main, ["serve-config", str(TINY), "engine.runtime_type=original", "--out",
+                                       str(tmp_path / "r"), "--port", "8123"])
     assert result.exit_code == 0, result.output
     cfg = json.loads(result.output)
     assert cfg["port"] == 8123
@@ -205,6 +211,7 @@ def test_a_base_url_without_the_api_root_is_explained(remote_run, server):
         engines.make("smollm2-135m", EngineConfig(backend="openai", base_url=url.removesuffix("/v1"), retries=0))
 
 
+@pytest.mark.slow  # needs the embedded model's file (fetched, or its vocabulary loaded)
 def test_an_unset_api_key_variable_is_named(model_gguf, monkeypatch):
     monkeypatch.delenv("HUMPBACK_TEST_KEY", raising=False)
     cfg = EngineConfig(backend="openai", base_url="http://127.0.0.1:9/v1", api_key_env="HUMPBACK_TEST_KEY")
@@ -238,3 +245,64 @@ def test_a_window_sends_its_judge_passes_before_its_backward_passes(remote_run, 
         assert list(r["signals"]) == list(q["signals"])  # same record layout as one pass per pair
         for name in ("pmi", "backward", "backward_lp"):
             assert abs(r["signals"][name] - q["signals"][name]) <= 2e-3, (r["id"], name)
+
+
+@pytest.mark.slow  # needs the embedded model's file (fetched, or its vocabulary loaded)
+def test_a_key_protected_server_gets_the_key_on_the_tokenizer_check_too(model_gguf, monkeypatch):
+    """The OpenAI client sends the key; the tokenize request beside the API must too, or a protected
+    server answers 401 and the check skips itself without a word."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from humpback_lite.remote import RemoteEngine
+
+    seen: list[str] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def _send(self, code: int, body: dict) -> None:
+            data = json.dumps(body).encode()
+            self.send_response(code)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def _authorised(self) -> bool:
+            seen.append(f"{self.command} {self.path} {self.headers.get('Authorization')}")
+            return self.headers.get("Authorization") == "Bearer s3cret"
+
+        def do_GET(self):
+            if not self._authorised():
+                return self._send(401, {"error": "no key"})
+            self._send(200, {"object": "list", "data": [{"id": "base", "object": "model"}]}
+                       if self.path == "/v1/models" else {})
+
+        def do_POST(self):
+            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            if not self._authorised():
+                return self._send(401, {"error": "no key"})
+            self._send(200, {"tokens": probe_tokens(body.get("input") or body.get("content"))})
+
+        def log_message(self, *args):
+            pass
+
+    from llama_cpp import Llama
+
+    vocab = Llama(model_path=str(model_gguf), vocab_only=True, verbose=False)
+
+    def probe_tokens(text: str) -> list[int]:
+        return vocab.tokenize(text.encode(), add_bos=False, special=True)
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    monkeypatch.setenv("HUMPBACK_TEST_KEY", "s3cret")
+    try:
+        cfg = EngineConfig(backend="openai", base_url=f"http://127.0.0.1:{httpd.server_port}/v1",
+                           api_key_env="HUMPBACK_TEST_KEY", retries=0)
+        e = RemoteEngine(model_gguf, cfg)
+        assert e.tokenizer_checked is True, seen
+        assert all(line.endswith("Bearer s3cret") for line in seen), seen
+        e.close()
+    finally:
+        httpd.shutdown()
+        vocab.close()

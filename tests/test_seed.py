@@ -29,3 +29,12 @@ def test_seed_too_small_for_heldout_is_a_clear_error(tmp_path):
     path.write_text(json.dumps({"instruction": "q", "output": "a"}) + "\n")
     with pytest.raises(DataError, match="1 seed rows but data.heldout=30"):
         load_seed(str(path), 30)
+
+
+def test_repeated_seed_ids_are_an_error_not_a_silently_smaller_evaluation(tmp_path):
+    path = tmp_path / "seed.jsonl"
+    rows = [{"id": "q", "instruction": f"i{i}", "output": f"o{i}"} for i in range(2)]
+    rows += [{"instruction": f"j{i}", "output": f"p{i}"} for i in range(4)]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    with pytest.raises(DataError, match="record 2 repeats the id 'q' of record 1"):
+        load_seed(str(path), heldout=1)

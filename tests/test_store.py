@@ -1,8 +1,19 @@
 import json
+from pathlib import Path
 
 import pytest
 
-from humpback_lite.store import DataError, JsonlAppender, Run, atomic_path, read_jsonl, write_json
+from humpback_lite.store import (
+    DataError,
+    JsonlAppender,
+    Run,
+    atomic_path,
+    claim_output,
+    inputs_path,
+    read_jsonl,
+    unique_ids,
+    write_json,
+)
 
 
 def test_atomic_write_leaves_old_file_and_no_temp_on_error(tmp_path):
@@ -109,3 +120,89 @@ def test_typed_counts_round_trip_through_the_manifest_keeping_unnamed_figures(tm
     assert (back.candidates, back.kept, back.extra) == (10, 3, {"would_keep": {"4": 2}})
     # An older manifest without a figure reads as its default, not a KeyError.
     assert TrainCounts.of({"rows": 5}).train_loss is None and TrainCounts.of(None).rows == 0
+
+
+def test_a_stage_folder_the_manifest_does_not_know_is_refused_not_deleted(tmp_path):
+    # `humpback run --out proj` into a folder whose corpus/ holds the user's own files
+    (tmp_path / "corpus").mkdir()
+    (tmp_path / "corpus" / "mine.txt").write_text("keep me")
+    run = Run(tmp_path)
+    with pytest.raises(DataError, match="not a stage of this run"):
+        run.begin("corpus", "fp")
+    assert (tmp_path / "corpus" / "mine.txt").read_text() == "keep me"
+    # an empty folder (a kill between mkdir and the manifest) is simply used
+    (tmp_path / "augment").mkdir()
+    assert run.begin("augment", "fp") == tmp_path / "augment"
+
+
+def test_atomic_dir_replaces_only_a_folder_of_its_own_files(tmp_path):
+    from humpback_lite.store import atomic_dir
+
+    out = tmp_path / "adapter"
+    for _ in range(2):  # a rerun replaces what the first run wrote
+        with atomic_dir(out, owned={"a.json", "a.gguf"}) as tmp:
+            (tmp / "a.json").write_text("{}")
+        (out / "a.gguf").write_text("written later, also ours")
+    assert sorted(p.name for p in out.iterdir()) == ["a.gguf", "a.json"]
+    (out / "notes.txt").write_text("the user's")
+    with pytest.raises(DataError, match="notes.txt"):
+        with atomic_dir(out, owned={"a.json", "a.gguf"}) as tmp:
+            (tmp / "a.json").write_text("{}")
+    assert (out / "notes.txt").read_text() == "the user's" and (out / "a.json").exists()
+    assert [p.name for p in tmp_path.iterdir()] == ["adapter"]  # no temp folder left behind
+
+
+def test_a_stand_alone_output_resumes_only_from_the_same_inputs(tmp_path):
+    out = tmp_path / "pairs.jsonl"
+    claim_output(out, {"segments": "d1", "augment": {"temperature": 0.7}}, "augment")
+    out.write_text('{"id": "a"}\n')
+    claim_output(out, {"segments": "d1", "augment": {"temperature": 0.7}}, "augment")  # the same: resume
+    with pytest.raises(DataError, match=r"other inputs \(augment, segments differ\); nothing was changed"):
+        claim_output(out, {"segments": "d2", "augment": {"temperature": 0.2}}, "augment")
+    assert out.read_text() == '{"id": "a"}\n'
+    mine = tmp_path / "notes.jsonl"
+    mine.write_text("my own file\n")
+    with pytest.raises(DataError, match="was not written by `humpback score`"):
+        claim_output(mine, {"pairs": "d"}, "score")
+    assert mine.read_text() == "my own file\n" and not inputs_path(mine).exists()
+
+
+def test_repeated_ids_name_both_records(tmp_path):
+    with pytest.raises(DataError, match=r"p.jsonl: record 3 repeats the id 'x' of record 1"):
+        unique_ids([{"id": "x"}, {"id": "y"}, {"id": "x"}], tmp_path / "p.jsonl")
+
+
+def test_a_copy_that_fails_midway_leaves_the_old_file_and_no_temp(tmp_path, monkeypatch):
+    import shutil
+
+    from humpback_lite.store import copy_file, copy_tree
+
+    src = tmp_path / "src"
+    (src / "sub").mkdir(parents=True)
+    (src / "a.bin").write_bytes(b"new a")
+    (src / "sub" / "b.bin").write_bytes(b"new b")
+    dst = tmp_path / "dst"
+    copy_tree(src, dst)
+    assert (dst / "sub" / "b.bin").read_bytes() == b"new b"
+    (src / "a.bin").write_bytes(b"newer a")
+
+    def full_disk(a, b):
+        Path(b).write_bytes(b"ne")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(shutil, "copyfile", full_disk)
+    with pytest.raises(OSError):
+        copy_file(src / "a.bin", dst / "a.bin")
+    assert (dst / "a.bin").read_bytes() == b"new a"
+    assert sorted(p.name for p in dst.iterdir()) == ["a.bin", "sub"]
+
+
+def test_a_resumed_stage_loses_what_killed_atomic_writes_left_and_keeps_its_records(tmp_path):
+    run = Run(tmp_path)
+    d = run.begin("round_01/train", "fp")
+    (d / "data.jsonl").write_text('{"id": 1}\n')
+    (d / ".adapter.gguf.5s_cfk33.tmp").write_text("half")  # atomic_path's temp, killed before the rename
+    (d / ".adapter.x1y2z3w4").mkdir()  # atomic_dir's
+    (d / ".trainer").mkdir()  # the trainer's own folder is no temp
+    run.begin("round_01/train", "fp")  # the rerun after the kill
+    assert sorted(p.name for p in d.iterdir()) == [".trainer", "data.jsonl"]
