@@ -22,12 +22,14 @@ def _errors() -> tuple[type[BaseException], ...]:
     from .adapters import AdapterError
     from .corpus import CorpusError
     from .export import PushError
+    from .ifeval import IFEvalError
     from .models import ModelError
     from .recipe import RecipeError
     from .store import DataError, RunBusy
     from .train import TrainError
 
-    return (RecipeError, DataError, ModelError, CorpusError, AdapterError, PushError, TrainError, RunBusy, OSError)
+    return (RecipeError, DataError, ModelError, CorpusError, AdapterError, PushError, TrainError, IFEvalError, RunBusy,
+            OSError)
 
 
 class _Group(click.Group):
@@ -160,8 +162,10 @@ def serve_config(recipe: str, overrides: tuple[str, ...], out_dir: str | None, h
 @click.argument("overrides", nargs=-1)
 @click.option("--judge", help='Judge for win rates: "final" (default), "base", a model card name or a .gguf path.')
 @click.option("--limit", type=int, help="Use at most this many held-out pairs.")
-def evaluate(run_dir: str, overrides: tuple[str, ...], judge: str | None, limit: int | None) -> None:
-    """Score every model of RUN_DIR on its held-out seed pairs: NLL and win rates.
+@click.option("--ifeval", help='IFEval prompts per model: "all" (541), N (a subset keeping every type), 0 (none).')
+def evaluate(run_dir: str, overrides: tuple[str, ...], judge: str | None, limit: int | None,
+             ifeval: str | None) -> None:
+    """Score every model of RUN_DIR: NLL and win rates on its held-out seed pairs, and IFEval.
 
     Evaluates base, M0 .. Mn, then refreshes the model card and the report. OVERRIDES are recipe
     keys, e.g. evaluate.max_new_tokens=64. They are saved in RUN_DIR/recipe.yaml (said when
@@ -171,6 +175,7 @@ def evaluate(run_dir: str, overrides: tuple[str, ...], judge: str | None, limit:
 
     extra = list(overrides) + ([f"evaluate.judge={judge}"] if judge else [])
     extra += [f"evaluate.limit={limit}"] if limit is not None else []  # 0 is refused by the recipe, not ignored
+    extra += [f"evaluate.ifeval={ifeval}"] if ifeval is not None else []
     load_run(run_dir, extra, progress=ui.progress, say=ui.say).evaluate()  # refreshes card and report
     if extra:
         ui.say(f"{Path(run_dir) / 'recipe.yaml'} now holds {' '.join(extra)}")

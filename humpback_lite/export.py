@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from . import layout, prompts
+from . import ifeval, layout, prompts
 from .models import ModelCard, gguf_chat_template
 from .recipe import Recipe, dump_recipe
 from .store import Run, copy_file, copy_tree, read_jsonl, write_json, write_jsonl, write_text
@@ -58,6 +58,15 @@ def eval_table(run: Run) -> list[str]:
              "|---|---|---|---|---|"]
     for name, v in m["models"].items():
         lines.append(f"| {name} | {v['nll']} | {v['ppl']} | {rate(v.get('vs_base'))} | {rate(v.get('vs_M0'))} |")
+    if ife := m.get("ifeval"):
+        lines += ["", ifeval.describe(ife), "",
+                  "| model | average | prompt strict | prompt loose | instruction strict | instruction loose | average vs base |",
+                  "|---|---|---|---|---|---|---|"]
+        for name, v in ife["models"].items():
+            vs = v.get("vs_base")
+            diff = f"{(vs['prompt_strict']['diff'] + vs['inst_strict']['diff']) / 2:+.1f}" if vs else "-"
+            lines.append(f"| {name} | {v['average']} | " + " | ".join(ifeval.cell(v[k]) for k in ifeval.METRICS)
+                         + f" | {diff} |")
     return lines
 
 

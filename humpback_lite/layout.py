@@ -184,6 +184,7 @@ class EvaluateCounts(Counts):
     judge: str | None = None
     nll: dict[str, float] = field(default_factory=dict)
     win_vs_base: dict[str, float] = field(default_factory=dict)
+    ifeval: dict[str, float] = field(default_factory=dict)  # per model: mean of prompt and instruction level, strict
     skipped: str | None = None
 
 

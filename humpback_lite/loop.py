@@ -220,18 +220,29 @@ class Loop:
         return factory(judge, self.recipe.engine, seed=self.recipe.seed)(None, batched=False)
 
     def _stage_evaluate(self, p: graph.Planned, d: Path) -> dict:
-        from . import evaluate
+        from . import evaluate, ifeval
 
         r = self.recipe
         held = read_jsonl(self._in("seed", "heldout.jsonl"))[: r.evaluate.limit]
         if not held:
             return layout.EvaluateCounts(skipped="no held-out seed pairs (data.heldout=0)")
         contenders = self.contenders()
+        names = [c.name for c in contenders]
         judge_name = {"final": f"final model ({layout.round_model(r.rounds)})", "base": "base model"}.get(r.evaluate.judge, r.evaluate.judge)
-        with self.progress("evaluate", evaluate.work_units([c.name for c in contenders], len(held))) as advance:
+        chosen = ifeval.choose(ifeval.load_prompts(), r.evaluate.ifeval, r.seed) if r.evaluate.ifeval else []
+        if chosen:
+            ifeval.checkers()  # a missing checker or table fails now, not after the models have answered
+        units = evaluate.work_units(names, len(held)) + ifeval.work_units(names, len(chosen))
+        with self.progress("evaluate", units) as advance:
             result = evaluate.evaluate_models(self.engines, contenders, held, d, self._judge_engine,
                                               judge_name, r.evaluate.max_new_tokens, r.tags, r.seed,
                                               on_item=advance, bootstrap=r.evaluate.bootstrap)
+            if chosen:
+                ifeval.write_answers(self.engines, contenders, chosen, d / "ifeval.jsonl",
+                                     r.evaluate.ifeval_max_new_tokens, r.tags, r.seed, on_item=advance)
+        if chosen:
+            result["ifeval"] = ifeval.summarize(names, chosen, d / "ifeval.jsonl", r.evaluate.bootstrap, r.seed,
+                                                r.evaluate.ifeval, r.evaluate.ifeval_max_new_tokens)
         result["curation"] = [{k: v for k, v in c.items() if k != "scores"}
                               for c in evaluate.curation_figures(self.run_dir, r.rounds)]
         result["data"] = evaluate.data_stats(read_jsonl(self._in("corpus", "segments.jsonl")),
@@ -239,7 +250,8 @@ class Loop:
         write_json(d / "metrics.json", result)
         return layout.EvaluateCounts(
             heldout=result["heldout"], judge=result["judge"], nll={m: v["nll"] for m, v in result["models"].items()},
-            win_vs_base={m: v["vs_base"]["win_rate"] for m, v in result["models"].items() if "vs_base" in v})
+            win_vs_base={m: v["vs_base"]["win_rate"] for m, v in result["models"].items() if "vs_base" in v},
+            ifeval={m: v["average"] for m, v in result.get("ifeval", {}).get("models", {}).items()})
 
     def _stage_export(self, p: graph.Planned, d: Path) -> dict:
         from .export import export

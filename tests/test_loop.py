@@ -210,10 +210,26 @@ def test_evaluate_stage_scores_base_and_every_round(tiny_run):
     assert len(read_jsonl(tiny_run / "evaluate" / "answers.jsonl")) == 6 * 3
 
 
+def test_evaluate_stage_reports_ifeval_per_model_with_intervals(tiny_run):
+    m = json.loads((tiny_run / "evaluate" / "metrics.json").read_text())["ifeval"]
+    assert m["prompts"] == 6 and m["subset"] == 6 and m["max_new_tokens"] == 32
+    assert list(m["models"]) == ["base", "M0", "M1", "M2", "random", "all"]
+    for name, v in m["models"].items():
+        for k in ("prompt_strict", "prompt_loose", "inst_strict", "inst_loose"):
+            assert 0 <= v[k]["ci"][0] <= v[k]["value"] <= v[k]["ci"][1] <= 100, (name, k, v[k])
+        assert v["prompt_strict"]["value"] <= v["prompt_loose"]["value"]  # loose forgives, never adds failures
+        assert sum(t["n"] for t in v["by_type"].values()) == m["instructions"]
+        assert ("vs_base" in v) == (name != "base") and ("vs_M0" in v) == (name not in ("base", "M0"))
+    answers = read_jsonl(tiny_run / "evaluate" / "ifeval.jsonl")
+    assert len(answers) == 6 * 6 and all(a["response"] for a in answers)
+    counts = json.loads((tiny_run / "manifest.json").read_text())["stages"]["evaluate"]["counts"]
+    assert set(counts["ifeval"]) == set(m["models"])
+
+
 def test_report_is_one_self_contained_page_with_the_figures(tiny_run):
     page = (tiny_run / "report" / "index.html").read_text()
     assert page.count("<svg") == 4  # funnel, score histograms, metrics by model, lengths
-    for needle in ("Did it help?", "win vs base", "Examples, round 1", "Examples, round 2", "borderline",
+    for needle in ("Did it help?", "win vs base", "Instruction following (IFEval)", "Examples, round 1", "Examples, round 2", "borderline",
                    "rejected", "Timings", "Recipe", "max_segments", "Most frequent instruction openings"):
         assert needle in page, needle
     assert "pydoc" in page  # provenance of the example pairs
@@ -245,7 +261,7 @@ def test_export_loads_in_peft_and_llama_cpp_and_its_card_has_hub_metadata(tiny_r
     meta = yaml.safe_load(card.split("---")[1])
     assert meta["base_model"] == "HuggingFaceTB/SmolLM2-135M-Instruct"
     assert meta["library_name"] == "peft" and "humpback" in meta["tags"]
-    assert "## Evaluation" in card and "| M2 |" in card
+    assert "## Evaluation" in card and "| M2 |" in card and "IFEval (Zhou et al. 2023)" in card
 
 
 def test_push_dry_run_lists_the_export_files(tiny_run):

@@ -18,7 +18,7 @@ from humpback_lite.loop import Loop, load_run
 from humpback_lite.recipe import load_recipe
 from humpback_lite.store import read_jsonl
 
-FAST = ["export.merged=false"]  # merging needs a real adapter
+FAST = ["export.merged=false", "evaluate.ifeval=0"]  # merging needs a real adapter; IFEval fetches its tables
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -28,7 +28,7 @@ from humpback_lite.store import read_jsonl
 # Short answers and one held-out pair: llama_cpp.server computes prompt log-probabilities at
 # ~38 ms per token (it sorts the vocabulary in Python for every echoed token).
 RUN = ["rounds=1", "data.min_chars=250", "data.max_chars=400", "curate.signals=[rubric,pmi]", "curate.checks=0",
-       "evaluate.limit=1", "evaluate.ablation=false", "evaluate.max_new_tokens=8"]
+       "evaluate.limit=1", "evaluate.ablation=false", "evaluate.max_new_tokens=8", "evaluate.ifeval=0"]
 
 
 def _free_port() -> int:
