@@ -162,7 +162,7 @@ def evaluate_models(
 ANSWER_WINDOW = 32  # held-out answers generated together (and redone together after a kill)
 
 
-class _Lazy:
+class LazyEngine:
     """An engine opened on first use (a resumed stage whose records are all there loads nothing)."""
 
     def __init__(self, make: Callable[[], EngineLike]):
@@ -191,7 +191,7 @@ def write_answers(make_engine: Callable[[Path | None], EngineLike], contenders: 
                                  "model": name, "id": chunk[i]["id"], "answer": text.strip(), "cut": why == "length"}))
 
     for c in contenders:
-        engine = _Lazy(lambda c=c: make_engine(c.adapter))
+        engine = LazyEngine(lambda c=c: make_engine(c.adapter))
         key = lambda p, c=c: (c.name, p["id"])  # noqa: E731
         try:
             resume_jsonl(out_dir / "nll.jsonl", heldout, key, record_key=by_model, on_item=on_item,
@@ -211,7 +211,7 @@ def write_judgments(judge_engine: Callable[[], EngineLike], judge_name: str, mat
     prompts that show it first."""
     answers = {(r["model"], r["id"]): r["answer"] for r in read_jsonl(out_dir / "answers.jsonl")}
     by_id = {p["id"]: p for p in heldout}
-    engine = _Lazy(judge_engine)
+    engine = LazyEngine(judge_engine)
     judge: list[Judge] = []
 
     def judged(chunk: list[tuple[str, str, str]], emit) -> None:

@@ -147,7 +147,7 @@ def write_answers(make_engine: Callable[[Path | None], EngineLike], contenders: 
     """Each contender's greedy answer to each prompt, appended to `path` window by window. The
     prompt is the user turn under the system prompt the models answer held-out pairs with (or
     what `messages` makes of it)."""
-    from .evaluate import _Lazy
+    from .evaluate import LazyEngine  # the engine opens only when a window has an answer missing
 
     messages = messages or (lambda text: prompts.forward_messages(text, "seed", tags))
 
@@ -162,7 +162,7 @@ def write_answers(make_engine: Callable[[Path | None], EngineLike], contenders: 
                                  "cut": why == "length"}))
 
     for c in contenders:
-        engine = _Lazy(lambda c=c: make_engine(c.adapter))
+        engine = LazyEngine(lambda c=c: make_engine(c.adapter))
         try:
             resume_jsonl_windows(path, rows, key=lambda r, c=c: (c.name, r["key"]),
                                  record_key=lambda rec: (rec["model"], rec["key"]), window=WINDOW, on_item=on_item,
