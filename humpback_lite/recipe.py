@@ -119,11 +119,13 @@ class EngineConfig:
     """Prompt tokens evaluated per llama.cpp decode call."""
     n_gpu_layers: int = 0
     """Layers offloaded to a GPU when llama.cpp was built with one (-1 = all)."""
-    runtime_type: Literal["auto", "original", "bf16", "q8_0"] = "auto"
+    runtime_type: Literal["auto", "original", "f16", "bf16", "f32", "q8_0"] = "auto"
     """Tensor type llama.cpp runs: the GGUF as shipped, or a copy converted once (cached). `auto`
-    measures each of them once on this machine (cached per model, CPU and llama.cpp version) and
-    runs the fastest: BF16 on CPUs with native bf16, Q8_0 or the file itself on AVX2-only CPUs
-    (docs/hardware.md). Part of the fingerprint as written; what `auto` chose is not, like train.dtype."""
+    measures the file, its F16 and its BF16 copy once on this machine (cached per model, CPU and
+    llama.cpp version) and runs the fastest; the copies keep the weights to within bf16 rounding,
+    so machines that choose differently agree to ~0.0005 nats (docs/hardware.md). `f32` (exact, twice
+    the memory) and `q8_0` (re-rounds the weights) are opt-in. Part of the fingerprint as written;
+    what `auto` chose is not, like train.dtype."""
     extra_buffers: Literal["auto", "on", "off"] = "auto"
     """llama.cpp's extra CPU weight layouts (AMX tiles, repacking). auto = off on CPUs with AMX, where
     quantized GGUFs crash llama.cpp (llama.cpp#20824), on elsewhere. Does not change results."""

@@ -207,6 +207,7 @@ class RemoteEngine(Prompting):
                       on_done: Callable[[int, str, str], None] | None = None) -> list[str]:
         """Every prompt's continuation, `parallel` requests in flight, each with its own seed;
         `on_done(index, text, finish_reason)` in prompt order as they come back (in this thread)."""
+        stop = tuple(stop) + self.turn_stops
         for i, p in enumerate(prompts):
             toks = self.tokenize(p)
             if not toks:

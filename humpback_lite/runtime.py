@@ -2,15 +2,18 @@
 measuring this machine (`engine.runtime_type: auto`).
 
 Why measure: the fastest type depends on the CPU more than on the model. On the AVX-512-BF16 EPYC
-a BF16 copy of SmolLM2 read prompts 2.5x faster than its Q4_1 file; on the AVX2-only EPYC BF16 is
-emulated and Q8_0 read prompts fastest while Q4_1 generated fastest (docs/hardware.md). Candidates
-are the file itself and its Q8_0 and BF16 copies. Neither copy holds a 4-bit file's values exactly
-(Q8_0 rounds each block to a new scale, BF16 keeps 8 mantissa bits of scale * q + min): the embedded
-model's held-out NLL read 2.5428 through BF16 and 2.5469 through Q8_0, so a run's numbers depend on
-the type chosen, which the run records (manifest `runtime_type`). Q4_0 re-rounds more and stays opt-in
-for benchmarks. Copies live in the cache (`$HUMPBACK_HOME/runtime/`), keyed by the
-source file's path, size and modification time, so a replaced file gets fresh copies and a
-read-only model folder is never written to.
+a BF16 copy of SmolLM2 read prompts ~2.9x faster than its Q4_1 file; on the AVX2-only EPYC BF16 is
+emulated and Q8_0 read prompts fastest while Q4_1 generated fastest (docs/hardware.md).
+
+Which copies `auto` may choose: the file itself and copies that keep its weights to within bf16
+rounding, F16 and BF16. Measured on the embedded Q4_1 model (30 held-out answers, AVX-512-BF16
+EPYC, docs/hardware.md), mean answer NLL: F32 copy (the weights exactly) 2.47417, F16 2.47419, BF16
+2.47461, Q8_0 2.47576, the file itself 2.47828 (its kernels round activations to 8 bits). So runs on
+machines that choose F16 or BF16 agree to 0.0005 nats; Q8_0 (which re-rounds the weights to 8 bits)
+and F32 (exact but twice their memory, and never faster there) are opt-in, as is Q4_0 for benchmarks.
+A run records the type it ran (manifest `runtime_type`). Copies live in the cache
+(`$HUMPBACK_HOME/runtime/`), keyed by the source file's path, size and modification time, so a
+replaced file gets fresh copies and a read-only model folder is never written to.
 """
 
 from __future__ import annotations
@@ -36,9 +39,10 @@ if TYPE_CHECKING:
     from .recipe import EngineConfig
 
 # q4_0 re-rounds the weights: offered to benchmarks, not to recipes.
-RUNTIME_TYPES = {"bf16": "LLAMA_FTYPE_MOSTLY_BF16", "q8_0": "LLAMA_FTYPE_MOSTLY_Q8_0", "q4_0": "LLAMA_FTYPE_MOSTLY_Q4_0"}
-CANDIDATES = ("original", "q8_0", "bf16")
-BYTES_PER_WEIGHT = {"bf16": 2.0, "q8_0": 34 / 32}
+RUNTIME_TYPES = {"f16": "LLAMA_FTYPE_MOSTLY_F16", "bf16": "LLAMA_FTYPE_MOSTLY_BF16", "f32": "LLAMA_FTYPE_ALL_F32",
+                 "q8_0": "LLAMA_FTYPE_MOSTLY_Q8_0", "q4_0": "LLAMA_FTYPE_MOSTLY_Q4_0"}
+CANDIDATES = ("original", "f16", "bf16")
+BYTES_PER_WEIGHT = {"f16": 2.0, "bf16": 2.0, "f32": 4.0, "q8_0": 34 / 32}
 # The loop reads ~40 prompt tokens per token it generates, an estimate from the quickstart's stages
 # (not counted token by token): scoring reads ~200k prompt tokens a round and generates none;
 # augment reads ~390 per ~15 generated; evaluation answers ~35 per ~120. So one overall type, weighted that way; a second copy for generation

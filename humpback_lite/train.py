@@ -25,10 +25,10 @@ from typing import Any
 
 from .hardware import train_dtype
 from .layout import TrainCounts
-from .models import ModelCard, require_chat_template
+from .models import ModelCard, chat_template
 from .progress import Progress, silent
 from .recipe import TrainConfig
-from .store import atomic_dir, check_owned
+from .store import atomic_dir, check_owned, write_text
 
 
 class TrainError(RuntimeError):
@@ -64,6 +64,7 @@ def prepare_weights(card: ModelCard, gguf_path: Path, progress: Progress = silen
         return card.weights["hf_repo"]
     out = card.weights_dir
     if (out / "config.json").exists() and any(out.glob("*.safetensors")):
+        _give_template(out, gguf_path)
         return str(out)
     _hush()
     import torch
@@ -83,7 +84,19 @@ def prepare_weights(card: ModelCard, gguf_path: Path, progress: Progress = silen
     with atomic_dir(out) as tmp:
         model.save_pretrained(tmp)
         tok.save_pretrained(tmp)
+        _give_template(Path(tmp), gguf_path)
     return str(out)
+
+
+def _give_template(weights: Path, gguf_path: Path) -> None:
+    """A tokenizer saved without a chat template (a base model's) gets the one the engine uses
+    (models.chat_template) as `chat_template.jinja`, which transformers reads beside the tokenizer:
+    training rows then have the same turns as llama.cpp's prompts. Also mends caches written before."""
+    config = weights / "tokenizer_config.json"
+    has = (weights / "chat_template.jinja").exists() or (
+        config.exists() and json.loads(config.read_text()).get("chat_template"))
+    if not has:
+        write_text(weights / "chat_template.jinja", chat_template(gguf_path))
 
 
 def use_unsloth(cfg: TrainConfig) -> bool:
@@ -462,7 +475,6 @@ def run(examples: list[dict[str, Any]], adapter_dir: Path, gguf_out: Path, card:
 
     # before minutes of training: a folder of the user's own files is refused, not replaced
     check_owned(adapter_dir, ADAPTER_FILES | {Path(gguf_out).name})
-    require_chat_template(card, gguf)
     weights = prepare_weights(card, gguf, progress)
     with progress(label, None) as advance:
         stats = train_lora(examples, adapter_dir, weights, cfg, seed=seed,

@@ -246,13 +246,3 @@ def test_status_and_report_on_a_folder_that_is_not_a_run_say_so_and_write_nothin
     for cmd in (["status", str(tmp_path)], ["status", "--json", str(tmp_path)], ["report", str(tmp_path)]):
         _one_clear_line(_cli(*cmd), "is not a run folder")
     assert [p.name for p in tmp_path.iterdir()] == ["notes.txt"]
-
-
-def test_a_model_without_a_chat_template_is_one_line_before_any_work(tmp_path):
-    import numpy as np
-
-    base = write_gguf(tmp_path / "base.gguf", lambda w: w.add_tensor("token_embd.weight", np.zeros((4, 64), dtype=np.float32)))
-    result = _cli("run", str(Path(__file__).parent / "recipes" / "tiny.yaml"), f"model={base}",
-                  "--out", str(tmp_path / "run"))
-    _one_clear_line(result, "base: base.gguf has no chat template", "instruct")
-    assert not (tmp_path / "run" / "corpus").exists()

