@@ -22,7 +22,7 @@ import yaml
 from . import augment, corpus, curate, graph, layout, prompts, train
 from .cluster import worker_engine_config
 from .engines import EngineFactory, factory
-from .models import fetch, file_key, get_card, home
+from .models import check_architecture, fetch, file_key, get_card, home
 from .progress import Progress, Say, quiet, silent
 from .recipe import RayConfig, Recipe, dump_recipe, with_absolute_paths
 from .seed import load_seed, seed_digest
@@ -294,6 +294,8 @@ class Loop:
             if not self.card.is_cached():
                 self.say(f"fetching {self.card.name} (once; then from {self.card.gguf_path})")
             self.gguf = fetch(self.card)
+            if warning := check_architecture(self.card, self.gguf):
+                self.say(f"warning: {warning}")
             self.run_dir.set_meta("model", {"name": self.card.name, "gguf": str(self.gguf)})
             for p in graph.plan(self.recipe):
                 self.run_stage(p)

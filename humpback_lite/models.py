@@ -241,6 +241,28 @@ def is_chatml(template: str) -> bool:
     return "<|im_start|>" in template and END_OF_TURN in template
 
 
+# Architectures whose adapters are tested end to end (tests/test_architectures.py): llama.cpp with
+# our GGUF LoRA against transformers with the PEFT adapter, and the merged file. Mistral and Llama 3
+# GGUFs are `llama`.
+TESTED_ARCHITECTURES = ("llama", "qwen2", "phi3", "gemma3")
+
+
+def check_architecture(card: ModelCard, path: Path) -> str | None:
+    """Before any work: a model whose training weights would come from a GGUF transformers cannot
+    read fails here in one line; an architecture not in TESTED_ARCHITECTURES returns a warning."""
+    arch = gguf_header(path).metadata.get("general.architecture", "?")
+    if arch in TESTED_ARCHITECTURES:
+        return None
+    if not card.weights.get("hf_repo"):
+        from transformers.modeling_gguf_pytorch_utils import GGUF_SUPPORTED_ARCHITECTURES
+
+        if arch not in GGUF_SUPPORTED_ARCHITECTURES:
+            raise ModelError(f"{path.name}: architecture {arch!r} cannot be trained here (transformers reads no "
+                             f"{arch} GGUF); tested: {', '.join(TESTED_ARCHITECTURES)}")
+    return (f"{path.name}: architecture {arch!r} is not among the tested ones ({', '.join(TESTED_ARCHITECTURES)}): "
+            "its LoRA conversion is unchecked; compare `humpback chat` answers before trusting the adapters")
+
+
 def check_gguf(path: Path) -> None:
     """Fail early, with the path, on a missing, truncated or non-GGUF file."""
     if not path.exists():

@@ -8,81 +8,38 @@ The residual gap comes from llama.cpp quantizing activations for its Q4_1 matmul
 bf16 copy of the weights transformers loads.
 """
 
-import numpy as np
 import pytest
+from lora_check import agreement, merge_agreement, random_adapter
 
 from humpback_lite import adapters
 from humpback_lite.adapters import AdapterError, peft_to_gguf
-from humpback_lite.engine import Engine
-
-PROMPTS = [
-    "The capital of France is",
-    "def fibonacci(n):\n    ",
-    "<|im_start|>user\nWhat is a list?<|im_end|>\n<|im_start|>assistant\n",
-]
 
 
 @pytest.fixture(scope="module")
-def random_adapter(hf_weights, tmp_path_factory):
+def llama_adapter(hf_weights, tmp_path_factory):
     import torch
-    from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
-    torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_pretrained(hf_weights, dtype=torch.float32)
-    peft_model = get_peft_model(model, LoraConfig(
-        r=8, lora_alpha=16, init_lora_weights=False,
-        target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]))
-    with torch.no_grad():
-        for name, p in peft_model.named_parameters():
-            if "lora_B" in name:
-                p.normal_(0, 0.1)
     out = tmp_path_factory.mktemp("adapter") / "peft"
-    peft_model.save_pretrained(out)
-    return peft_model, out
+    model = AutoModelForCausalLM.from_pretrained(hf_weights, dtype=torch.float32)
+    return random_adapter(model, out), out
 
 
-def _hf_logits(peft_model, tokens):
-    import torch
-
-    with torch.no_grad():
-        adapted = peft_model(torch.tensor([tokens])).logits[0, -1].numpy()
-        with peft_model.disable_adapter():
-            base = peft_model(torch.tensor([tokens])).logits[0, -1].numpy()
-    return base, adapted
-
-
-def _agreement(model_gguf, peft_model, gguf_adapter):
-    base_engine = Engine(model_gguf, n_ctx=512)
-    lora_engine = Engine(model_gguf, adapter=gguf_adapter, n_ctx=512)
-    out = []
-    for text in PROMPTS:
-        toks = base_engine.tokenize(text)
-        hf_base, hf_lora = _hf_logits(peft_model, toks)
-        cpp_base = base_engine.next_token_logits(toks)
-        cpp_lora = lora_engine.next_token_logits(toks)
-        corr = float(np.corrcoef(hf_lora - hf_base, cpp_lora - cpp_base)[0, 1])
-        out.append((corr, int(hf_lora.argmax()), int(cpp_lora.argmax()), float(np.corrcoef(hf_lora, hf_base)[0, 1])))
-    base_engine.close()
-    lora_engine.close()
-    return out
-
-
-def test_gguf_lora_in_llamacpp_matches_peft_in_transformers(model_gguf, random_adapter, tmp_path):
-    peft_model, peft_dir = random_adapter
+def test_gguf_lora_in_llamacpp_matches_peft_in_transformers(model_gguf, llama_adapter, tmp_path):
+    peft_model, peft_dir = llama_adapter
     info = peft_to_gguf(peft_dir, model_gguf, tmp_path / "adapter.gguf")
     assert info["tensors"] == 30 * 7 and info["rank"] == 8 and info["alpha"] == 16
-    for corr, hf_top, cpp_top, hf_self in _agreement(model_gguf, peft_model, tmp_path / "adapter.gguf"):
-        assert hf_self < 0.97, "adapter too weak to make the test meaningful"
-        assert corr >= 0.95
-        assert hf_top == cpp_top
+    for got in agreement(model_gguf, peft_model, tmp_path / "adapter.gguf"):
+        assert got["hf_self"] < 0.97, "adapter too weak to make the test meaningful"
+        assert got["corr"] >= 0.95
+        assert got["hf_top"] == got["cpp_top"]
 
 
-def test_without_the_qk_permutation_the_adapter_disagrees(model_gguf, random_adapter, tmp_path, monkeypatch):
-    peft_model, peft_dir = random_adapter
+def test_without_the_qk_permutation_the_adapter_disagrees(model_gguf, llama_adapter, tmp_path, monkeypatch):
+    peft_model, peft_dir = llama_adapter
     monkeypatch.setattr(adapters, "permute_rows", lambda w, n_head: w)
     peft_to_gguf(peft_dir, model_gguf, tmp_path / "unpermuted.gguf")
-    corrs = [c for c, *_ in _agreement(model_gguf, peft_model, tmp_path / "unpermuted.gguf")]
+    corrs = [got["corr"] for got in agreement(model_gguf, peft_model, tmp_path / "unpermuted.gguf")]
     assert min(corrs) < 0.95
 
 
@@ -103,58 +60,43 @@ def test_adapter_for_another_base_is_refused(model_gguf, tmp_path):
     assert not (tmp_path / "x.gguf").exists()
 
 
-def _merge_agreement(model_gguf, adapter_gguf, merged_gguf):
-    """Correlation of the adapter-induced logit change, merged file vs base + runtime LoRA."""
-    base = Engine(model_gguf, n_ctx=512)
-    lora = Engine(model_gguf, adapter=adapter_gguf, n_ctx=512)
-    merged = Engine(merged_gguf, n_ctx=512)
-    out = []
-    for text in PROMPTS:
-        toks = base.tokenize(text)
-        b, a, m = base.next_token_logits(toks), lora.next_token_logits(toks), merged.next_token_logits(toks)
-        out.append((float(np.corrcoef(m - b, a - b)[0, 1]), int(a.argmax()), int(m.argmax())))
-    for e in (base, lora, merged):
-        e.close()
-    return out
-
-
-def test_merged_gguf_gives_the_logits_of_base_plus_adapter(model_gguf, random_adapter, tmp_path):
+def test_merged_gguf_gives_the_logits_of_base_plus_adapter(model_gguf, llama_adapter, tmp_path):
     # Tolerance: correlation >= 0.95 of the adapter-induced logit change and the same top-1 token
     # (measured 0.986-0.99 with Q8_0 merged tensors; the rest is Q8_0 rounding of the merged weights).
-    _, peft_dir = random_adapter
+    _, peft_dir = llama_adapter
     peft_to_gguf(peft_dir, model_gguf, tmp_path / "adapter.gguf")
     info = adapters.merge_gguf(model_gguf, tmp_path / "adapter.gguf", tmp_path / "merged.gguf", "Q8_0")
     assert info["merged_tensors"] == 30 * 7 and info["types"] == {"Q8_0": 210}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["adapter.gguf", "merged.gguf"]  # no float32 leftovers
-    for corr, lora_top, merged_top in _merge_agreement(model_gguf, tmp_path / "adapter.gguf", tmp_path / "merged.gguf"):
+    for corr, lora_top, merged_top in merge_agreement(model_gguf, tmp_path / "adapter.gguf", tmp_path / "merged.gguf"):
         assert corr >= 0.95
         assert merged_top == lora_top
 
 
-def test_merging_back_into_4_bit_rounds_the_adapter_away(model_gguf, random_adapter, tmp_path):
+def test_merging_back_into_4_bit_rounds_the_adapter_away(model_gguf, llama_adapter, tmp_path):
     # Why export.merged_type defaults to Q8_0: re-quantizing W + BA to the base's Q4_1 loses
     # most of the change (measured correlation 0.4-0.5).
-    _, peft_dir = random_adapter
+    _, peft_dir = llama_adapter
     peft_to_gguf(peft_dir, model_gguf, tmp_path / "adapter.gguf")
     info = adapters.merge_gguf(model_gguf, tmp_path / "adapter.gguf", tmp_path / "merged.gguf", "base")
     assert info["types"] == {"Q4_1": 210}
-    corrs = [c for c, *_ in _merge_agreement(model_gguf, tmp_path / "adapter.gguf", tmp_path / "merged.gguf")]
+    corrs = [c for c, *_ in merge_agreement(model_gguf, tmp_path / "adapter.gguf", tmp_path / "merged.gguf")]
     assert max(corrs) < 0.8
 
 
-def test_merge_writes_k_quants_through_llama_cpps_quantizer(model_gguf, random_adapter, tmp_path):
+def test_merge_writes_k_quants_through_llama_cpps_quantizer(model_gguf, llama_adapter, tmp_path):
     # Q6_K needs rows of 256 values: SmolLM2's 1536-wide MLP rows take it, its 576-wide rows fall back
     # to Q8_0 as llama-quantize does; the untouched tensors keep their bytes.
     import gguf
 
-    _, peft_dir = random_adapter
+    _, peft_dir = llama_adapter
     peft_to_gguf(peft_dir, model_gguf, tmp_path / "adapter.gguf")
     info = adapters.merge_gguf(model_gguf, tmp_path / "adapter.gguf", tmp_path / "merged.gguf", "Q6_K")
     assert info["types"] == {"Q6_K": 30, "Q8_0": 180}
     base = {t.name: bytes(t.data) for t in gguf.GGUFReader(str(model_gguf)).tensors if "blk" not in t.name}
     merged = {t.name: bytes(t.data) for t in gguf.GGUFReader(str(tmp_path / "merged.gguf")).tensors if "blk" not in t.name}
     assert merged == base
-    for corr, lora_top, merged_top in _merge_agreement(model_gguf, tmp_path / "adapter.gguf", tmp_path / "merged.gguf"):
+    for corr, lora_top, merged_top in merge_agreement(model_gguf, tmp_path / "adapter.gguf", tmp_path / "merged.gguf"):
         assert corr >= 0.95 and merged_top == lora_top
 
 
