@@ -341,7 +341,9 @@ def models() -> None:
     for col in ("name", "description", "license", "gguf from", "cached"):
         table.add_column(col)
     for card in list_cards():
-        src = card.gguf.get("pypi") or card.gguf.get("hf_repo") or card.gguf.get("path", "")
+        parts = card.gguf.get("parts") or []
+        src = (card.gguf.get("pypi") or card.gguf.get("hf_repo") or card.gguf.get("path", "")
+               or (f"{parts[0].get('pypi', '?')} + {len(parts) - 1} more" if parts else ""))
         table.add_row(card.name, card.description, card.license, src, "yes" if card.is_cached() else "no")
     console.print(table)
     default = get_card(Recipe.model)

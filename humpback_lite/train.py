@@ -25,7 +25,7 @@ from typing import Any
 
 from .hardware import train_dtype
 from .layout import TrainCounts
-from .models import ModelCard, chat_template
+from .models import CHATML, ModelCard, chat_template
 from .progress import Progress, silent
 from .recipe import TrainConfig
 from .store import atomic_dir, check_owned, write_text
@@ -156,6 +156,9 @@ def _load(weights: str, cfg: TrainConfig, seed: int):
             kwargs["device_map"] = {"": int(os.environ.get("LOCAL_RANK", 0))}
     model = AutoModelForCausalLM.from_pretrained(weights, **kwargs)
     tok = AutoTokenizer.from_pretrained(weights, trust_remote_code=False)
+    if tok.chat_template is None:  # a base model's Hub tokenizer: what models.chat_template gives its GGUF
+        adds_bos = tok.bos_token_id is not None and tok("a")["input_ids"][:1] == [tok.bos_token_id]
+        tok.chat_template = ("{{ bos_token }}" if adds_bos else "") + CHATML
     peft_cfg = LoraConfig(
         r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
         target_modules=cfg.target_modules, task_type="CAUSAL_LM",

@@ -5,6 +5,8 @@ are tiny random models the tests build with float32 tensors, so the two librarie
 numbers: measured correlation of the logit change >= 0.9999999 for each, the bar is 0.9999. Gemma 3
 is the real 270M base (K-quants, 262k vocabulary, no chat template)."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import tiny_models
@@ -96,9 +98,27 @@ def test_an_architecture_transformers_cannot_train_is_one_line_before_any_work(t
                       arch="rwkv6")
     with pytest.raises(ModelError, match="architecture 'rwkv6' cannot be trained here"):
         check_architecture(ModelCard(name="odd", gguf={"path": str(gguf)}), gguf)
-    result = CliRunner().invoke(main, ["run", "recipes/quickstart.yaml", f"model={gguf}", "--out", str(tmp_path / "run")])
+    quickstart = Path(__file__).resolve().parent.parent / "recipes" / "quickstart.yaml"
+    result = CliRunner().invoke(main, ["run", str(quickstart), f"model={gguf}", "--out", str(tmp_path / "run")])
     assert result.exit_code != 0 and "cannot be trained here" in result.output
     assert "Traceback" not in result.output and not (tmp_path / "run" / "corpus").exists()
     untested = write_gguf(tmp_path / "s.gguf", lambda w: w.add_tensor("token_embd.weight", np.zeros((4, 8), np.float32)),
                           arch="starcoder2")
     assert "not among the tested ones" in check_architecture(ModelCard(name="s", gguf={"path": str(untested)}), untested)
+
+
+def test_a_hub_tokenizer_without_a_template_gets_what_the_gguf_gets(gemma, tmp_path):
+    # weights from a Hub repo never pass through prepare_weights: training gives them the template by
+    # the tokenizer's own BOS habit, which must match models.chat_template's reading of the GGUF
+    import shutil
+
+    from humpback_lite.models import chat_template
+    from humpback_lite.recipe import TrainConfig
+    from humpback_lite.train import _load
+
+    _, gguf, weights = gemma
+    hub_like = tmp_path / "hub"
+    shutil.copytree(weights, hub_like)
+    (hub_like / "chat_template.jinja").unlink()
+    _, tok, _ = _load(str(hub_like), TrainConfig(quantize="none"), 0)
+    assert tok.chat_template == chat_template(gguf)

