@@ -28,9 +28,18 @@ def _cpuinfo(field: str) -> str | None:
     return next((ln.partition(":")[2].strip() for ln in text.splitlines() if ln.startswith(field)), None)
 
 
+# oneDNN ISA caps below AVX-512 BF16 (ONEDNN_MAX_CPU_ISA): torch's bf16 matmuls are emulated under
+# them, as on a CPU without the instructions. The benchmarks use the cap to act as an AVX2-only CPU.
+_NO_BF16_ISA = {"SSE41", "AVX", "AVX2", "AVX2_VNNI", "AVX2_VNNI_2", "AVX512_CORE", "AVX512_CORE_VNNI"}
+
+
 def cpu_flags() -> set[str]:
-    """The CPU feature flags Linux reports (empty elsewhere)."""
-    return set((_cpuinfo("flags") or "").split())
+    """The CPU feature flags Linux reports (empty elsewhere), less the bf16 ones when oneDNN is
+    capped below them (ONEDNN_MAX_CPU_ISA=AVX2, the AVX2 emulation of docs/hardware.md)."""
+    flags = set((_cpuinfo("flags") or "").split())
+    if os.environ.get("ONEDNN_MAX_CPU_ISA", "").upper() in _NO_BF16_ISA:
+        flags -= BF16_FLAGS
+    return flags
 
 
 def cpu_name() -> str:

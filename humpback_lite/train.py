@@ -25,7 +25,7 @@ from typing import Any
 
 from .hardware import train_dtype
 from .layout import TrainCounts
-from .models import CHATML, ModelCard, chat_template
+from .models import CHATML, END_OF_TURN, ModelCard, chat_template
 from .progress import Progress, silent
 from .recipe import TrainConfig
 from .store import atomic_dir, check_owned, write_text
@@ -126,6 +126,15 @@ def use_unsloth(cfg: TrainConfig) -> bool:
     return True
 
 
+def _with_template(tok):
+    """A Hub tokenizer of a base model has no chat template: it gets what models.chat_template gives
+    the model's GGUF (ChatML, opened by BOS where the tokenizer adds one), so rows match prompts."""
+    if tok.chat_template is None:
+        adds_bos = tok.bos_token_id is not None and tok("a")["input_ids"][:1] == [tok.bos_token_id]
+        tok.chat_template = ("{{ bos_token }}" if adds_bos else "") + CHATML
+    return tok
+
+
 def _load(weights: str, cfg: TrainConfig, seed: int):
     """Return (model, tokenizer, peft_config or None). Unsloth returns an already-wrapped model."""
     import torch
@@ -139,6 +148,7 @@ def _load(weights: str, cfg: TrainConfig, seed: int):
             weights, max_seq_length=cfg.max_length, load_in_4bit=cfg.quantize == "nf4",
             dtype=getattr(torch, train_dtype(cfg.dtype)),
         )
+        tok = _with_template(tok)
         model = FastLanguageModel.get_peft_model(
             model, r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
             target_modules=cfg.target_modules, random_state=seed,
@@ -155,10 +165,7 @@ def _load(weights: str, cfg: TrainConfig, seed: int):
         if _world() > 1 and torch.cuda.is_available():  # each DDP process quantizes onto its own GPU
             kwargs["device_map"] = {"": int(os.environ.get("LOCAL_RANK", 0))}
     model = AutoModelForCausalLM.from_pretrained(weights, **kwargs)
-    tok = AutoTokenizer.from_pretrained(weights, trust_remote_code=False)
-    if tok.chat_template is None:  # a base model's Hub tokenizer: what models.chat_template gives its GGUF
-        adds_bos = tok.bos_token_id is not None and tok("a")["input_ids"][:1] == [tok.bos_token_id]
-        tok.chat_template = ("{{ bos_token }}" if adds_bos else "") + CHATML
+    tok = _with_template(AutoTokenizer.from_pretrained(weights, trust_remote_code=False))
     peft_cfg = LoraConfig(
         r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
         target_modules=cfg.target_modules, task_type="CAUSAL_LM",
@@ -174,12 +181,14 @@ def fit_rows(rows: list[dict[str, Any]], tok, max_length: int) -> list[dict[str,
     its end-of-turn token: TRL would cut from the right, and a model trained on answers that never
     end learns to ramble to the token limit (seen as looping answers after curation rounds)."""
     out = []
+    # the turn's end: 2 tokens where <|im_end|> is one, ~8 where a base model's ChatML spells it out
+    end = len(tok(END_OF_TURN + "\n", add_special_tokens=False)["input_ids"]) if END_OF_TURN in (tok.chat_template or "") else 2
     for r in rows:
         prompt_text = tok.apply_chat_template(r["prompt"], add_generation_prompt=True, tokenize=False)
         n_prompt = len(tok(prompt_text, add_special_tokens=False)["input_ids"])
         answer = r["completion"][0]["content"]
         comp_ids = tok(answer, add_special_tokens=False)["input_ids"]
-        n_comp = len(comp_ids) + 2  # + end-of-turn and newline
+        n_comp = len(comp_ids) + end
         shrink = r.get("shrink")
         if shrink and n_prompt + n_comp > max_length:
             ids = tok(shrink, add_special_tokens=False)["input_ids"]
@@ -187,10 +196,10 @@ def fit_rows(rows: list[dict[str, Any]], tok, max_length: int) -> list[dict[str,
             r = {**r, "prompt": [dict(m, content=m["content"].replace(shrink, short)) for m in r["prompt"]]}
             prompt_text = tok.apply_chat_template(r["prompt"], add_generation_prompt=True, tokenize=False)
             n_prompt = len(tok(prompt_text, add_special_tokens=False)["input_ids"])
-        room = max_length - n_prompt - 2
+        room = max_length - n_prompt - end
         if room <= 0:
             continue  # the prompt alone fills max_length: no answer token would be trained on
-        if n_comp - 2 > room:
+        if n_comp - end > room:
             r = {**r, "completion": [dict(r["completion"][0], content=_cut_at_sentence(tok.decode(comp_ids[:room])))]}
         out.append({"prompt": r["prompt"], "completion": r["completion"]})
     return out

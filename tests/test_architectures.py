@@ -74,6 +74,7 @@ def test_gemma3_base_is_prompted_and_trained_in_the_same_turns(gemma):
 
     from humpback_lite import prompts
     from humpback_lite.engine import Engine
+    from humpback_lite.train import fit_rows
 
     _, gguf, weights = gemma
     tok = AutoTokenizer.from_pretrained(weights)
@@ -87,6 +88,11 @@ def test_gemma3_base_is_prompted_and_trained_in_the_same_turns(gemma):
         assert e.turn_stops == ("<|im_end|>",)  # plain text to this vocabulary: generation stops on it
         trained = tok.apply_chat_template(row["prompt"] + row["completion"], tokenize=False)
         assert trained.endswith("Lists hold items.<|im_end|>\n")  # the answer ends its turn as prompts expect
+        # a cut answer keeps its spelled-out end of turn (8 tokens here, not ChatML models' 2) within max_length
+        answer = " ".join(f"Sentence number {i} explains one more detail of Python lists." for i in range(60))
+        (fitted,) = fit_rows([prompts.forward_row({"instruction": "Explain lists.", "output": answer})], tok, 128)
+        text = tok.apply_chat_template(fitted["prompt"] + fitted["completion"], tokenize=False)
+        assert len(tok(text, add_special_tokens=False)["input_ids"]) <= 128 and text.endswith("lists.<|im_end|>\n")
         text = e.generate(e.format(row["prompt"]) + "Sure", max_tokens=64, temperature=0.0)
         assert "<|im_end|>" not in text
     finally:
