@@ -88,3 +88,16 @@ def test_the_exported_card_names_the_base_license_as_the_hub_reads_it():
     assert hf_metadata(recipe, get_card("smollm2-135m"))["license"] == "apache-2.0"
     llama = hf_metadata(recipe, get_card("llama-2-7b"))
     assert (llama["license"], llama["license_name"]) == ("other", "Llama 2 Community License")
+
+
+def test_the_gguf_is_parsed_once_while_transformers_reads_it_three_times(tmp_path):
+    import gguf
+
+    from humpback_lite.train import _one_gguf_reader
+
+    path = _gguf(tmp_path / "m.gguf", bos=True)
+    real = gguf.GGUFReader
+    with _one_gguf_reader():
+        first, again = gguf.GGUFReader(str(path)), gguf.GGUFReader(str(path))
+        assert first is again and isinstance(first, real)
+    assert gguf.GGUFReader is real  # restored
