@@ -231,11 +231,6 @@ CHATML = (
 END_OF_TURN = "<|im_end|>"
 
 
-def gguf_chat_template(path: Path) -> str | None:
-    """The chat template in a GGUF's metadata, or None (base models often have none)."""
-    return gguf_header(path).metadata.get("tokenizer.chat_template")
-
-
 def chat_template(path: Path) -> str:
     """The template prompts, training rows and export all use for this GGUF: its own, or CHATML for
     a model without one, opened by the BOS token when the GGUF asks for it (Gemma's does, and

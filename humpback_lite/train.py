@@ -57,10 +57,9 @@ def _hush() -> None:
 
 def prepare_weights(card: ModelCard, gguf_path: Path, progress: Progress = silent) -> str:
     """Trainable weights for a card: a Hub repo id, or the GGUF dequantized once by transformers
-    and cached as bf16 safetensors (once per GGUF content: 20-40 s for the embedded model; safetensors
-load in ~1 s). The cache
-    stays bf16 whatever the training dtype: float32 training loads it exactly, so every kind of
-    machine trains from the same weights."""
+    and cached as bf16 safetensors, once per GGUF content (20-40 s for the embedded model; the
+    safetensors then load in ~1 s). The cache stays bf16 whatever the training dtype: float32
+    training loads it exactly, so every kind of machine trains from the same weights."""
     if card.weights.get("hf_repo"):
         return card.weights["hf_repo"]
     out = card.weights_dir
