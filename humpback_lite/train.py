@@ -25,7 +25,7 @@ from typing import Any
 
 from .hardware import train_dtype
 from .layout import TrainCounts
-from .models import CHATML, END_OF_TURN, ModelCard, chat_template
+from .models import END_OF_TURN, ModelCard, chat_template, default_chat_template
 from .progress import Progress, silent
 from .recipe import TrainConfig
 from .store import atomic_dir, check_owned, write_text
@@ -152,8 +152,8 @@ def _with_template(tok):
     """A Hub tokenizer of a base model has no chat template: it gets what models.chat_template gives
     the model's GGUF (ChatML, opened by BOS where the tokenizer adds one), so rows match prompts."""
     if tok.chat_template is None:
-        adds_bos = tok.bos_token_id is not None and tok("a")["input_ids"][:1] == [tok.bos_token_id]
-        tok.chat_template = ("{{ bos_token }}" if adds_bos else "") + CHATML
+        tok.chat_template = default_chat_template(
+            tok.bos_token_id is not None and tok("a")["input_ids"][:1] == [tok.bos_token_id])
     return tok
 
 
