@@ -122,14 +122,19 @@ def quantize_gguf(src: Path, dst: Path, ftype: int, types: dict[str, int] | None
 
 
 def machine_key(cfg: EngineConfig) -> dict[str, object]:
-    """What a measurement holds for: CPU, instruction sets, llama.cpp version and engine settings
-    that change speed (threads, GPU layers, extra buffers)."""
+    """What a measurement holds for: CPU, instruction sets, llama.cpp version and build, and engine
+    settings that change speed (threads, GPU layers, extra buffers). The build's compiled-in
+    features count apart from the version: one version built without AVX-512 (or with CUDA) is
+    another speed table."""
     import llama_cpp
 
     from .engine import use_extra_buffers
 
-    return {"cpu": cpu_name(), "flags": hashlib.sha256(" ".join(sorted(cpu_flags())).encode()).hexdigest()[:12],
-            "llama_cpp": llama_cpp.__version__, "threads": cfg.n_threads or physical_cores(),
+    def digest(text: str) -> str:
+        return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+    return {"cpu": cpu_name(), "flags": digest(" ".join(sorted(cpu_flags()))),
+            "llama_cpp": llama_cpp.__version__, "build": digest(llama_cpp.llama_print_system_info().decode(errors="replace")), "threads": cfg.n_threads or physical_cores(),
             "n_gpu_layers": cfg.n_gpu_layers, "extra_buffers": use_extra_buffers(cfg.extra_buffers)}
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import functools
 import json
 import logging
 import os
@@ -269,8 +270,12 @@ def train_lora(
 
     class _Progress(TrainerCallback):
         def on_step_end(self, a, state, control, **kw):
+            _trim_heap()
             if progress:
                 progress(state.global_step, state.max_steps)
+
+        def on_substep_end(self, a, state, control, **kw):  # between accumulated micro-batches
+            _trim_heap()
 
     trainer = SFTTrainer(
         model=model, args=_sft_config(cfg, Path(out_dir).parent / ".trainer", seed, torch.cuda.is_available(), _world()),
@@ -517,16 +522,37 @@ def run(examples: list[dict[str, Any]], adapter_dir: Path, gguf_out: Path, card:
     return stats
 
 
+def _trim_heap() -> None:
+    """Give glibc's freed pages back to the OS (a no-op where libc is not glibc).
+
+    Called after every micro-batch: each one frees its activations, and rows of other lengths
+    need other tensor sizes, which glibc's heap serves beside the freed ones instead of in them,
+    so the resident size grows over the steps. Measured on the quickstart's round-1 training
+    (2 cores, batch 4, bf16): peak RSS 4.24 -> 3.78 GiB, 124 -> 128 s, the same loss. glibc's
+    other knob, a fixed M_MMAP_THRESHOLD, saved as much at 1 MiB but cost 12 % time, and
+    MALLOC_ARENA_MAX=1 saved nothing."""
+    libc = _glibc()
+    if libc is not None:
+        libc.malloc_trim(0)
+
+
+@functools.cache
+def _glibc() -> Any:
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        libc.malloc_trim  # noqa: B018 - raises AttributeError where the libc is not glibc (musl)
+        return libc
+    except (OSError, AttributeError):  # macOS, musl: nothing to trim
+        return None
+
+
 def _release_memory() -> None:
     """Hand the freed training heap back to the OS before the llama.cpp stages that follow.
     glibc keeps it otherwise (measured after a 135M training: 2.2 GB resident -> 0.7 GB)."""
     import gc
 
     gc.collect()
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):  # not glibc (macOS, musl): nothing to do
-        pass
+    _trim_heap()
 
 
 if __name__ == "__main__":

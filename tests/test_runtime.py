@@ -59,9 +59,15 @@ def test_auto_measures_once_per_model_and_machine_and_says_so(hb_home, tmp_path,
     # other engine settings that change speed (threads) are another machine: measured again
     runtime.choose(gguf, replace(cfg, n_threads=7))
     assert len(measured) == 4
+    # so is the same llama.cpp version built with other instruction sets (a build without AVX-512)
+    import llama_cpp
+
+    monkeypatch.setattr(llama_cpp, "llama_print_system_info", lambda: b"CPU : AVX2 = 1 | FMA = 1 | ")
+    runtime.choose(gguf, cfg)
+    assert len(measured) == 6
     # an explicit type is used as it is, without measuring
     monkeypatch.undo()
-    assert runtime.runtime_path(gguf, replace(cfg, runtime_type="original")) == gguf and len(measured) == 4
+    assert runtime.runtime_path(gguf, replace(cfg, runtime_type="original")) == gguf and len(measured) == 6
 
 
 def test_a_copy_bigger_than_half_the_memory_is_not_made(hb_home, tmp_path, monkeypatch):
