@@ -136,7 +136,8 @@ def machine_key(cfg: EngineConfig) -> dict[str, object]:
     return {"cpu": cpu_name(), "flags": digest(" ".join(sorted(cpu_flags()))),
             "llama_cpp": llama_cpp.__version__,
             "build": digest(llama_cpp.llama_print_system_info().decode(errors="replace")),
-            "threads": cfg.n_threads or physical_cores(), "n_gpu_layers": cfg.n_gpu_layers, "extra_buffers": use_extra_buffers(cfg.extra_buffers)}
+            "threads": cfg.n_threads or physical_cores(), "n_gpu_layers": cfg.n_gpu_layers,
+            "extra_buffers": use_extra_buffers(cfg.extra_buffers)}
 
 
 def measurement_path(gguf: Path, cfg: EngineConfig) -> Path:

@@ -268,22 +268,24 @@ def train_lora(
         raise TrainError(f"no row leaves room for an answer within max_length={cfg.max_length} tokens")
     ds = Dataset.from_list(fitted)
 
-    on_cpu = not torch.cuda.is_available()  # on a GPU the activations are not on the heap
+    cuda = torch.cuda.is_available()
 
-    class _Progress(TrainerCallback):
+    class _AfterEachStep(TrainerCallback):
+        """Progress, and on a CPU the heap trimmed (on a GPU the activations are not on it)."""
+
         def on_step_end(self, a, state, control, **kw):
-            if on_cpu:
+            if not cuda:
                 _trim_heap()
             if progress:
                 progress(state.global_step, state.max_steps)
 
         def on_substep_end(self, a, state, control, **kw):  # between accumulated micro-batches
-            if on_cpu:
+            if not cuda:
                 _trim_heap()
 
     trainer = SFTTrainer(
-        model=model, args=_sft_config(cfg, Path(out_dir).parent / ".trainer", seed, torch.cuda.is_available(), _world()),
-        train_dataset=ds, processing_class=tok, peft_config=peft_cfg, callbacks=[_Progress()],
+        model=model, args=_sft_config(cfg, Path(out_dir).parent / ".trainer", seed, cuda, _world()),
+        train_dataset=ds, processing_class=tok, peft_config=peft_cfg, callbacks=[_AfterEachStep()],
     )
     trainer.remove_callback(PrinterCallback)  # our progress bar replaces the per-step dict prints
     n_tokens = sum(len(x["input_ids"]) for x in trainer.train_dataset)
