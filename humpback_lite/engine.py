@@ -191,6 +191,7 @@ def settings(cfg: EngineConfig, gguf: str | Path | None = None) -> dict[str, obj
         "threads": cfg.n_threads or physical_cores(),
         "extra_buffers": f"{'on' if use_extra_buffers(cfg.extra_buffers) else 'off'} ({cfg.extra_buffers}; "
                          f"AMX {'yes' if AMX_FLAGS & cpu_flags() else 'no'})",
+        "flash_attn": cfg.flash_attn,
         "runtime_type": describe_runtime(Path(gguf) if gguf is not None else None, cfg), "n_ctx per sequence": cfg.n_ctx, "n_batch": cfg.n_batch,
     }
     if gguf is not None:
@@ -292,6 +293,7 @@ class Engine(Prompting):
         chat_template: str | None = None,
         extra_buffers: ExtraBuffers = "auto",
         parallel: int = 1,
+        flash_attn: bool = True,
     ):
         from llama_cpp import Llama
 
@@ -323,6 +325,7 @@ class Engine(Prompting):
                     n_batch=max(n_batch, parallel),  # every sequence's next token fits one decode
                     n_gpu_layers=n_gpu_layers,
                     seed=seed,
+                    flash_attn=flash_attn,
                     verbose=bool(os.environ.get("HUMPBACK_VERBOSE")),
                 )
         except (ValueError, RuntimeError) as e:
@@ -344,7 +347,7 @@ class Engine(Prompting):
         path = runtime_path(Path(gguf), cfg)
         return cls(path, adapter=adapter, n_ctx=cfg.n_ctx, n_threads=cfg.n_threads, n_batch=cfg.n_batch,
                    n_gpu_layers=cfg.n_gpu_layers, seed=seed, extra_buffers=cfg.extra_buffers,
-                   parallel=configured_parallel(path, cfg))
+                   parallel=configured_parallel(path, cfg), flash_attn=cfg.flash_attn == "on")
 
     def _native(self, op: str):
         """Mark a call into llama.cpp, so that a crash inside it is reported with model and op."""

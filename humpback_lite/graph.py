@@ -24,10 +24,11 @@ from .store import fingerprint as _hash
 STAGE_VERSION = 5  # bump when a stage's output format or algorithm changes
 
 # Kernel choices, not results: thread count does not change llama.cpp's numbers; extra buffers
-# (repacked layouts) change only float rounding, and users switch them off after a crash.
+# (repacked layouts) and flash attention change only float rounding, and users switch extra buffers
+# off after a crash.
 # Where the model runs (server address, key, retries, Ray) changes no number either; which backend
 # runs it does (a server batches and rounds its own way), so `engine.backend` reruns.
-ENGINE_SAME = ("engine.n_threads", "engine.extra_buffers", "engine.base_url", "engine.api_key_env",
+ENGINE_SAME = ("engine.n_threads", "engine.extra_buffers", "engine.flash_attn", "engine.base_url", "engine.api_key_env",
                "engine.served_model", "engine.timeout", "engine.retries", "engine.executor")
 # Both lists are spelled out: a new `data` field is in neither, so it reruns both stages (the seed
 # split costs milliseconds, and its unchanged output stops the chain) rather than neither.

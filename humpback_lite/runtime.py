@@ -123,7 +123,7 @@ def quantize_gguf(src: Path, dst: Path, ftype: int, types: dict[str, int] | None
 
 def machine_key(cfg: EngineConfig) -> dict[str, object]:
     """What a measurement holds for: CPU, instruction sets, llama.cpp version and build, and engine
-    settings that change speed (threads, GPU layers, extra buffers). The build's compiled-in
+    settings that change speed (threads, GPU layers, extra buffers, flash attention). The build's compiled-in
     features count apart from the version: one version built without AVX-512 (or with CUDA) is
     another speed table."""
     import llama_cpp
@@ -137,7 +137,7 @@ def machine_key(cfg: EngineConfig) -> dict[str, object]:
             "llama_cpp": llama_cpp.__version__,
             "build": digest(llama_cpp.llama_print_system_info().decode(errors="replace")),
             "threads": cfg.n_threads or physical_cores(), "n_gpu_layers": cfg.n_gpu_layers,
-            "extra_buffers": use_extra_buffers(cfg.extra_buffers)}
+            "extra_buffers": use_extra_buffers(cfg.extra_buffers), "flash_attn": cfg.flash_attn}
 
 
 def measurement_path(gguf: Path, cfg: EngineConfig) -> Path:
@@ -183,7 +183,7 @@ def measure(path: Path, cfg: EngineConfig) -> dict[str, float]:
     from .engine import Engine
 
     e = Engine(path, n_ctx=PROMPT_TOKENS + DECODES + 8, n_threads=cfg.n_threads, n_gpu_layers=cfg.n_gpu_layers,
-               extra_buffers=cfg.extra_buffers)
+               extra_buffers=cfg.extra_buffers, flash_attn=cfg.flash_attn == "on")
     try:
         n_vocab = e.llm.n_vocab()
         tokens = [(i * 7919) % max(1, n_vocab - 200) + 100 for i in range(PROMPT_TOKENS + DECODES)]

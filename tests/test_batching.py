@@ -37,9 +37,11 @@ def test_batched_greedy_text_is_what_the_model_alone_would_choose(model_gguf, se
     # 10 prompts over 4 slots (slots refilled as sequences finish; n_batch=256 splits the longer
     # prompts' evaluation over several decodes): every token a batched sequence picks greedily must
     # be the top token of the same model reading that sequence alone. llama.cpp's kernels round
-    # differently with the batch's shape: the chosen token's logit was below the lone model's top
-    # by at most ~1e-5 on an AVX-512 EPYC and 0.013 on an AVX2-only EPYC (BF16 copy, these 150
-    # tokens), hence the 0.05 margin; a sequence reading another's tokens misses by far more.
+    # differently with the batch's shape, flash attention most (its one-token path accumulates V in
+    # f16, the prompt path in f32). Largest gap of the chosen token's logit below the lone model's
+    # top over these 150 tokens (BF16 copy), flash attention off / on: AVX-512 EPYC 0.0000 / 0.067,
+    # the AVX2 build 0.013 / 0.010. A sequence scored against its neighbour's text misses by 1.5 to
+    # 13.7 (measured the same way), hence the 0.25 margin.
     gguf = runtime_gguf(model_gguf, "bf16")
     prompts = [f"Write a question this text answers:\n{s['text'][:600]}" for s in segments]
     batched, finished = _generate(gguf, 4, prompts, max_tokens=16, temperature=0.0)
@@ -52,7 +54,7 @@ def test_batched_greedy_text_is_what_the_model_alone_would_choose(model_gguf, se
             assert target, p
             for k, tok in enumerate(target):
                 logits = alone.next_token_logits(context + target[:k])
-                assert logits[tok] >= logits.max() - 0.05, (p[:60], text, k)
+                assert logits[tok] >= logits.max() - 0.25, (p[:60], text, k)
     finally:
         alone.close()
 
@@ -111,7 +113,7 @@ def test_an_empty_or_oversized_prompt_is_refused_before_any_decode(model_gguf):
 def test_reasoning_scores_batched_per_window_match_one_at_a_time(model_gguf, segments, tmp_path):
     """The paper's reasoning mode: a window's reasonings generated together, then each digit read;
     the same reasoning and digits as pair by pair (greedy, so up to kernel rounding: compared with
-    the scores' resolution)."""
+    the scores' resolution). Flash attention off: its one-row path moves a score by 0.004 here."""
     from humpback_lite import curate
     from humpback_lite.recipe import CurateConfig
     from humpback_lite.signals import Scorer
@@ -122,7 +124,7 @@ def test_reasoning_scores_batched_per_window_match_one_at_a_time(model_gguf, seg
     cfg = CurateConfig(mode="reasoning", signals=["rubric"], reasoning_tokens=24)
     out = {}
     for parallel in (1, 4):
-        e = Engine(gguf, n_ctx=1024, parallel=parallel)
+        e = Engine(gguf, n_ctx=1024, parallel=parallel, flash_attn=False)
         try:
             assert curate.batched_reasoning(e, cfg) == (parallel > 1)
             curate.score_pairs(Scorer(e), pairs, tmp_path / f"p{parallel}.jsonl", cfg)

@@ -78,3 +78,16 @@ def test_the_installed_llama_cpp_uses_one_cxx_runtime():
     libs = sorted({p.resolve() for p in (Path(llama_cpp.__file__).parent / "lib").glob("lib*.so*")})
     assert len(cxx_runtimes(libs)) == 1
     check_cxx_runtime()  # and the check that every Engine runs passes
+
+
+def test_engines_built_from_a_recipe_get_its_flash_attention_setting(monkeypatch, tmp_path):
+    from humpback_lite import engine
+
+    got = {}
+    monkeypatch.setattr(engine, "runtime_path", lambda gguf, cfg: gguf)
+    monkeypatch.setattr(engine, "configured_parallel", lambda path, cfg: 1)
+    monkeypatch.setattr(engine.Engine, "__init__", lambda self, path, **kw: got.update(kw))
+    for setting, expected in (("on", True), ("off", False)):
+        engine.Engine.from_config(tmp_path / "m.gguf", EngineConfig(flash_attn=setting))
+        assert got["flash_attn"] is expected
+

@@ -48,6 +48,13 @@ def test_bad_override_syntax_is_explained():
         from_dict({}, ["rounds"])
 
 
+def test_flash_attention_is_on_unless_a_recipe_turns_it_off():
+    assert from_dict({}).engine.flash_attn == "on"
+    assert from_dict({"engine": {"flash_attn": False}}).engine.flash_attn == "off"  # YAML's bare off
+    with pytest.raises(RecipeError, match=r"engine\.flash_attn: expected one of 'on', 'off'"):
+        from_dict({}, ["engine.flash_attn=auto"])
+
+
 def test_missing_recipe_file_is_a_clear_error(tmp_path):
     with pytest.raises(RecipeError, match="file not found"):
         load_recipe(tmp_path / "nope.yaml")
