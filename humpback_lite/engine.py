@@ -293,7 +293,7 @@ class Engine(Prompting):
         chat_template: str | None = None,
         extra_buffers: ExtraBuffers = "auto",
         parallel: int = 1,
-        flash_attn: bool = True,
+        flash_attn: bool = False,
     ):
         from llama_cpp import Llama
 

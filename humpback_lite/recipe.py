@@ -129,10 +129,12 @@ class EngineConfig:
     extra_buffers: Literal["auto", "on", "off"] = "auto"
     """llama.cpp's extra CPU weight layouts (AMX tiles, repacking). auto = off on CPUs with AMX, where
     quantized GGUFs crash llama.cpp (llama.cpp#20824), on elsewhere. Does not change results."""
-    flash_attn: Literal["on", "off"] = "on"
+    flash_attn: Literal["on", "off"] = "off"
     """llama.cpp's fused attention kernel. Measured on 2-core EPYCs (docs/performance.md): scoring
-    13-17 % and batched generation 12-25 % faster; held-out NLL moves by 0.0001 nats (float
-    rounding only, like extra_buffers, so not part of the fingerprint)."""
+    13-17 % and batched generation 12-25 % faster; per-token log-probs move as much as choosing the
+    BF16 or F16 copy does. Off by default: its few-row path rounds apart from its prompt path, so a
+    score would depend on what llama.cpp had cached before it (a resumed stage, Ray workers or a
+    server would not write the same bytes). Not part of the fingerprint (float rounding only)."""
     parallel: int | None = None
     """Sequences generated together per llama.cpp decode (continuous batching), each with its own
     n_ctx of KV cache. None = as many as fit a 1 GiB KV cache, at most 16 (16 for the embedded model

@@ -324,7 +324,7 @@ def llama_cpp_server_config(cfg: EngineConfig, base_gguf: str | Path, adapters: 
     from .hardware import physical_cores
 
     common = {"model": str(Path(base_gguf).resolve()), "n_ctx": cfg.n_ctx, "verbose": False,
-              "n_threads": cfg.n_threads or physical_cores()}
+              "n_threads": cfg.n_threads or physical_cores(), "flash_attn": cfg.flash_attn == "on"}
     models = [{**common, "model_alias": "base"}]
     for adapter in adapters:
         models.append({**common, "model_alias": layout.served_name(adapter), "lora_path": str(Path(adapter).resolve())})

@@ -38,7 +38,7 @@ def test_threads_default_to_the_physical_cores_this_process_may_use():
 
 @pytest.mark.slow  # needs the embedded model's file in the cache
 def test_models_command_shows_what_the_engine_would_use_here(model_gguf):
-    out = CliRunner().invoke(main, ["models"], terminal_width=200).output
+    out = " ".join(CliRunner().invoke(main, ["models"], terminal_width=200).output.split())  # rich wraps lines
     assert f"threads {EngineConfig().n_threads or physical_cores()}" in out
     assert "parallel 16 (auto; KV cache 720 MiB)" in out and "runtime_type auto" in out
 

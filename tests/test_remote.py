@@ -188,6 +188,10 @@ def test_serve_config_names_every_adapter_the_run_will_train(hb_home, model_gguf
     assert aliases["M1"] == str((tmp_path / "r" / "round_01" / "train" / "adapter.gguf").resolve())
     assert served_name(Path(aliases["M1"])) == "M1"
     assert served_name(tmp_path / "r" / "backward" / "adapter.gguf") == "backward"
+    assert {m["flash_attn"] for m in cfg["models"]} == {False}  # the recipe's engine.flash_attn, as in process
+    on = CliRunner().invoke(main, ["serve-config", str(TINY), "engine.runtime_type=original", "engine.flash_attn=on",
+                                   "--out", str(tmp_path / "r")])
+    assert {m["flash_attn"] for m in json.loads(on.output)["models"]} == {True}
 
 
 def test_score_command_scores_through_the_server(remote_run, server, tmp_path):
