@@ -131,10 +131,10 @@ class EngineConfig:
     quantized GGUFs crash llama.cpp (llama.cpp#20824), on elsewhere. Does not change results."""
     flash_attn: Literal["on", "off"] = "off"
     """llama.cpp's fused attention kernel. Measured on 2-core EPYCs (docs/performance.md): scoring
-    13-17 % and batched generation 12-25 % faster; per-token log-probs move as much as choosing the
-    BF16 or F16 copy does. Off by default: its few-row path rounds apart from its prompt path, so a
-    score would depend on what llama.cpp had cached before it (a resumed stage, Ray workers or a
-    server would not write the same bytes). Not part of the fingerprint (float rounding only)."""
+    1.2x, generation 1.04-1.35x faster; per-token log-probs move as much as choosing the BF16 or F16
+    copy does. Off by default: its rounding depends on how work is cut into decodes, so Ray workers
+    and this process (other windows) would not write the same bytes. Float rounding only, so not
+    part of the fingerprint."""
     parallel: int | None = None
     """Sequences generated together per llama.cpp decode (continuous batching), each with its own
     n_ctx of KV cache. None = as many as fit a 1 GiB KV cache, at most 16 (16 for the embedded model
