@@ -26,7 +26,7 @@ def main() -> None:
     ap.add_argument("recipe", nargs="?", default=str(Path(__file__).resolve().parent.parent / "recipes" / "quickstart.yaml"))
     ap.add_argument("--out", help="run folder (default: a new temp folder)")
     ap.add_argument("overrides", nargs="*")
-    args = ap.parse_args()
+    args = ap.parse_intermixed_args()  # overrides may follow --out, as the usage line shows
 
     out = Path(args.out or tempfile.mkdtemp(prefix="bench_loop-"))
     t = time.perf_counter()
