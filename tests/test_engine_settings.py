@@ -90,4 +90,3 @@ def test_engines_built_from_a_recipe_get_its_flash_attention_setting(monkeypatch
     for setting, expected in (("on", True), ("off", False)):
         engine.Engine.from_config(tmp_path / "m.gguf", EngineConfig(flash_attn=setting))
         assert got["flash_attn"] is expected
-

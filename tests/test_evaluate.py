@@ -56,20 +56,9 @@ def test_token_logprobs_match_next_token_logits_one_by_one(engine):
         assert lp[i] == pytest.approx(expect, abs=1e-3)
 
 
-@pytest.fixture(scope="module")
-def exact_engine(model_gguf):
-    """Flash attention off: its few-row path rounds apart from its prompt path by up to 0.41 nats a
-    token on the Q4_1 file (AVX-512 EPYC), which would hide the logic a test checks; off, the two
-    agree exactly there."""
-    e = Engine(model_gguf, n_ctx=2048, flash_attn=False)
-    yield e
-    e.close()
-
-
 @pytest.mark.slow  # loads the real model into llama.cpp
-def test_passes_that_share_a_prefix_score_as_if_alone_and_evaluate_it_once(exact_engine, monkeypatch):
+def test_passes_that_share_a_prefix_score_as_if_alone_and_evaluate_it_once(engine, monkeypatch):
     # what the injection checks send: one pair, and copies of it with lines appended
-    engine = exact_engine
     context = engine.tokenize(engine.format([{"role": "user", "content": "What does a Python list hold?"}]))
     other = engine.tokenize(engine.format([{"role": "user", "content": "Name a colour."}]))
     answer = engine.tokenize("A list holds items in order. It can grow, shrink and hold items of any type.")
@@ -96,10 +85,11 @@ def test_passes_that_share_a_prefix_score_as_if_alone_and_evaluate_it_once(exact
 
 @pytest.mark.slow  # loads the real model into llama.cpp
 def test_flash_attention_moves_log_probs_no_more_than_choosing_another_runtime_type(model_gguf):
-    # engine.flash_attn (on by default) against off, on 8 seed answers (~1300 tokens), per token:
-    # measured max |difference| 0.108 (BF16 copy) / 0.016 (F16) on the AVX-512 EPYC, 0.122 / 0.019 on
-    # the AVX2 build, mean -0.0003 to +0.0001; the BF16 and F16 copies themselves (flash attention
-    # off) differ by 0.106 / 0.116 max, mean +0.0006 / +0.0003. Bounds: twice those.
+    # engine.flash_attn=on against off on these 8 seed answers (987 tokens), per token, measured
+    # 2026-12-01: max |difference| 0.088 (BF16 copy) / 0.026 (F16), mean -0.0001 / -0.00002 on the
+    # AVX-512 EPYC; 0.095 / 0.023, mean +0.0012 / +0.0001 on the AVX2 build. The BF16 and F16 copies
+    # themselves (flash attention off) differ by max 0.160 / 0.132, mean -0.0003 / -0.0004. Bounds:
+    # under twice the copies' max, and a mean under 0.002 (the AVX2 BF16 mean is 60 % of it).
     from humpback_lite import prompts
     from humpback_lite.runtime import runtime_gguf
     from humpback_lite.seed import load_seed
@@ -170,9 +160,8 @@ def test_judge_verdict_is_read_in_both_orders(engine):
 
 
 @pytest.mark.slow  # loads the real model into llama.cpp
-def test_judging_a_pairs_matchups_together_gives_the_verdicts_of_one_at_a_time(exact_engine, monkeypatch):
+def test_judging_a_pairs_matchups_together_gives_the_verdicts_of_one_at_a_time(engine, monkeypatch):
     # the evaluate stage's window: one held-out instruction, every model's answer against the others
-    engine = exact_engine
     judge = Judge(engine)
     q = "What does a Python list hold?"
     answers = ["Items in order.", "A list holds items of any type, in order; it can grow and shrink.",
