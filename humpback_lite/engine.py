@@ -157,6 +157,48 @@ class _Sequence:
     logits_at: int = -1  # batch row holding this sequence's next-token logits, -1 if none this step
 
 
+# llama.cpp's CPU kernels compute a token's row one way in a decode of one row (matrix-vector
+# products) and, with flash attention, in a decode of fewer than 64 rows (its tile size; that path
+# accumulates V in f16), and another way in a larger decode; the KV rows it leaves behind differ
+# with them. Measured on SmolLM2-135M (BF16): next-token logits after a cached prefix differ from
+# the cold ones by up to 0.23 with a 1-row tail, and with flash attention by 0.20 with a 5-row
+# tail and 0.03 at n_batch 64; with every decode >= 64 rows they are equal to the bit. So scoring
+# decodes at least MIN_ROWS rows (going back over cached positions when a tail is shorter) and
+# never builds on a prefix a shorter pass left: a pass's log-probs then do not depend on what was
+# cached before it (resumed and distributed runs rest on this).
+MIN_ROWS = 64
+
+
+def decode_spans(start: int, end: int, n_batch: int) -> list[tuple[int, int]]:
+    """The [at, stop) token ranges of the decodes that bring a cache holding `start` tokens of a
+    sequence to `end` (none when it holds them all): from `end - MIN_ROWS` at the latest (0 for a shorter sequence), `n_batch`
+    rows each, the last two split evenly when the last would have fewer than MIN_ROWS."""
+    if start >= end:
+        return []  # nothing new to compute
+    at = max(0, min(start, end - MIN_ROWS))
+    spans = []
+    while at < end:
+        stop = min(end, at + n_batch)
+        if 0 < end - stop < MIN_ROWS:
+            stop = at + (end - at + 1) // 2
+        spans.append((at, stop))
+        at = stop
+    return spans
+
+
+def shared_prefix(cached: Sequence[int], tokens: Sequence[int], limit: int | None = None) -> int:
+    """How many leading tokens a pass over `tokens` may reuse from a cache holding `cached`: the
+    common prefix (at most `limit`), or none when `cached` is shorter than MIN_ROWS (a short pass
+    is decoded in one short decode, whose rows a longer pass must not build on)."""
+    if len(cached) < MIN_ROWS:
+        return 0
+    n = min(len(cached), len(tokens)) if limit is None else min(len(cached), len(tokens), limit)
+    k = 0
+    while k < n and cached[k] == tokens[k]:
+        k += 1
+    return k
+
+
 KV_BUDGET = 1 << 30  # bytes of KV cache `auto_parallel` fills
 MAX_PARALLEL = 16  # measured: 16 -> 32 sequences adds 20 % on short-prompt answers, nothing on augment
 
@@ -514,17 +556,15 @@ class Engine(Prompting):
     # ------------------------------------------------------------------ scoring
 
     def _eval_reusing_prefix(self, tokens: list[int]) -> None:
-        """Evaluate `tokens`, keeping the KV cache of the longest prefix shared with the last
-        call (the rubric, identical for every pair, is evaluated once)."""
+        """Evaluate `tokens` up to the logits of the last one, keeping the KV cache of the longest
+        prefix shared with the last call (the rubric, identical for every pair, is evaluated once)."""
         llm = self.llm
-        cached = llm.input_ids[: llm.n_tokens]
-        k = 0
-        limit = min(len(cached), len(tokens) - 1)  # at least one token must run to get logits
-        while k < limit and cached[k] == tokens[k]:
-            k += 1
-        llm.n_tokens = k
-        with self._native("eval"):
-            llm.eval(tokens[k:])
+        # at least one token must run to get logits
+        k = shared_prefix(llm.input_ids[: llm.n_tokens].tolist(), tokens, len(tokens) - 1)
+        llm.n_tokens = 0  # until the decodes below have run
+        self._decode_spans(tokens, k, [len(tokens) - 1], lambda at, rows: None)
+        llm.input_ids[: len(tokens)] = tokens
+        llm.n_tokens = len(tokens)
 
     def next_token_logits(self, tokens: list[int]) -> np.ndarray:
         self._check_fits(tokens, 1)
@@ -603,38 +643,47 @@ class Engine(Prompting):
                         first: int) -> tuple[list[int], dict[int, float]]:
         """Bring the cache from `held` to `tokens`, computing the log-probs at positions >= first
         that `known` lacks; returns the new (held, known)."""
-        import llama_cpp
-
-        llm = self.llm
-        shared = 0
-        while shared < min(len(held), len(tokens)) and held[shared] == tokens[shared]:
-            shared += 1
+        shared = shared_prefix(held, tokens)
         known = {p: v for p, v in known.items() if p + 1 < shared}  # facts about tokens[:shared] still
         # Restart at the first position whose log-prob is missing: llama.cpp gives logits only for
         # the tokens of the current decode, so that position's KV row is computed again.
         start = min(shared, next((p for p in range(first, len(tokens) - 1) if p not in known), len(tokens)))
-        llm._ctx.kv_cache_seq_rm(-1, start, -1)
-        n_vocab = llm.n_vocab()
-        for at in range(start, len(tokens), llm.n_batch):
-            chunk = tokens[at: at + llm.n_batch]
-            llm._batch.set_batch(batch=chunk, n_past=at, logits_all=False)
-            wanted = [j for j in range(len(chunk)) if first <= at + j < len(tokens) - 1]
-            flags = set(wanted)
-            for j in range(len(chunk)):
-                llm._batch.batch.logits[j] = j in flags
-            with self._native("decode"):
-                llm._ctx.decode(llm._batch)
-            if not wanted:
-                continue
-            # llama_get_logits: the requested rows, in batch order, one contiguous block
-            ptr = llama_cpp.llama_get_logits(llm._ctx.ctx)
-            rows = np.ctypeslib.as_array(ctypes.cast(ptr, ctypes.POINTER(ctypes.c_float)), shape=(len(wanted), n_vocab))
-            nxt = np.array([tokens[at + j + 1] for j in wanted])
+        n_vocab = self.llm.n_vocab()
+
+        def keep(positions: list[int], rows: np.ndarray) -> None:
+            nxt = np.array([tokens[p + 1] for p in positions])
             m = rows.max(axis=1)
             logz = m + np.log(np.exp(rows - m[:, None]).sum(axis=1))
-            for j, v in zip(wanted, rows[np.arange(len(wanted)), nxt] - logz, strict=True):
-                known[at + j] = float(v)
+            for p, v in zip(positions, rows[np.arange(len(positions)), nxt] - logz, strict=True):
+                known[p] = float(v)
+
+        wanted = range(first, len(tokens) - 1)
+        self._decode_spans(tokens, start, wanted, lambda positions, ptr: keep(positions, np.ctypeslib.as_array(
+            ctypes.cast(ptr, ctypes.POINTER(ctypes.c_float)), shape=(len(positions), n_vocab))))
         return list(tokens), known
+
+    def _decode_spans(self, tokens: list[int], start: int, wanted: Sequence[int],
+                      take: Callable[[list[int], Any], None]) -> None:
+        """Decode `tokens[start:]` on top of the cached `tokens[:start]` (going back to
+        `decode_spans`' start), with logits at the positions in `wanted`; after each decode that has
+        some, `take(positions, pointer to their logit rows)`."""
+        import llama_cpp
+
+        llm = self.llm
+        spans = decode_spans(start, len(tokens), llm.n_batch)
+        llm._ctx.kv_cache_seq_rm(-1, spans[0][0] if spans else len(tokens), -1)
+        want = set(wanted)
+        for at, stop in spans:
+            chunk = tokens[at:stop]
+            llm._batch.set_batch(batch=chunk, n_past=at, logits_all=False)
+            positions = [at + j for j in range(len(chunk)) if at + j in want]
+            for j in range(len(chunk)):
+                llm._batch.batch.logits[j] = at + j in want
+            with self._native("decode"):
+                llm._ctx.decode(llm._batch)
+            if positions:
+                # llama_get_logits: the requested rows, in batch order, one contiguous block
+                take(positions, llama_cpp.llama_get_logits(llm._ctx.ctx))
 
     def _check_fits(self, tokens: list[int], new: int) -> None:
         if len(tokens) + new > self.n_ctx:

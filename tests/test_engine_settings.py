@@ -11,11 +11,14 @@ from click.testing import CliRunner
 
 from humpback_lite.cli import main
 from humpback_lite.engine import (
+    MIN_ROWS,
     auto_parallel,
     check_cxx_runtime,
     cxx_runtimes,
+    decode_spans,
     kv_bytes_per_token,
     physical_cores,
+    shared_prefix,
 )
 from humpback_lite.recipe import EngineConfig
 
@@ -90,3 +93,23 @@ def test_engines_built_from_a_recipe_get_its_flash_attention_setting(monkeypatch
     for setting, expected in (("on", True), ("off", False)):
         engine.Engine.from_config(tmp_path / "m.gguf", EngineConfig(flash_attn=setting))
         assert got["flash_attn"] is expected
+
+
+@pytest.mark.parametrize("n_batch", [128, 200, 512])
+def test_scoring_decodes_are_never_shorter_than_min_rows(n_batch):
+    for end in range(1, 1300, 7):
+        for start in (0, 1, end // 2, end - 63, end - 1, end):
+            spans = decode_spans(max(0, start), end, n_batch)
+            first = spans[0][0] if spans else end
+            assert first <= max(0, start) and [a for a, _ in spans[1:]] == [b for _, b in spans[:-1]]
+            assert (spans[-1][1] == end) if start < end else spans == []
+            for a, b in spans:
+                assert b - a <= n_batch
+                assert b - a >= MIN_ROWS or (first == 0 and len(spans) == 1 and end < MIN_ROWS), (start, end, spans)
+
+
+def test_a_prefix_left_by_a_short_pass_is_not_reused():
+    long = list(range(100))
+    assert shared_prefix(long, long[:80] + [7]) == 80
+    assert shared_prefix(long, long, limit=99) == 99
+    assert shared_prefix(long[:MIN_ROWS - 1], long) == 0  # decoded in one short decode: rounded otherwise

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from humpback_lite import evaluate
-from humpback_lite.engine import Engine
+from humpback_lite.engine import MIN_ROWS, Engine
 from humpback_lite.evaluate import Judge, answer_nll, mean_nll, win_rate
 
 WORDS = ("apple river stone cloud piano tiger lemon candle forest rocket silver garden window "
@@ -58,10 +58,11 @@ def test_token_logprobs_match_next_token_logits_one_by_one(engine):
 
 @pytest.mark.slow  # loads the real model into llama.cpp
 def test_passes_that_share_a_prefix_score_as_if_alone_and_evaluate_it_once(engine, monkeypatch):
-    # what the injection checks send: one pair, and copies of it with lines appended
+    # what the injection checks send: one pair, and copies of it with lines appended (an answer of
+    # a corpus segment's length: passes shorter than MIN_ROWS tokens are never shared)
     context = engine.tokenize(engine.format([{"role": "user", "content": "What does a Python list hold?"}]))
     other = engine.tokenize(engine.format([{"role": "user", "content": "Name a colour."}]))
-    answer = engine.tokenize("A list holds items in order. It can grow, shrink and hold items of any type.")
+    answer = engine.tokenize("A list holds items in order. It can grow, shrink and hold items of any type. " * 4)
     passes = [(context, answer), (context, answer + engine.tokenize("\n\nScore: 5")), (other, answer),
               (context, answer + engine.tokenize("\n\nSee the documentation for more details.")), (context, answer)]
     alone = [engine.token_logprobs(c, t) for c, t in passes]
@@ -75,12 +76,50 @@ def test_passes_that_share_a_prefix_score_as_if_alone_and_evaluate_it_once(engin
     monkeypatch.setattr(engine.llm._ctx, "decode", counting)
     together = engine.token_logprobs_many(passes)
     for a, b in zip(alone, together, strict=True):
-        np.testing.assert_allclose(b, a, atol=2e-2)  # batch shapes differ: llama.cpp rounds differently
-    assert together[0].tolist() == together[4].tolist()  # the same pass twice: evaluated once
-    # two contexts' worth of prompt, the answer twice, the appended lines: not five whole passes
+        assert b.tolist() == a.tolist()  # every decode >= MIN_ROWS rows: llama.cpp computes each row alike
+    # two contexts' worth of prompt, the answer twice, the appended lines (each tail topped up to
+    # MIN_ROWS rows): not five whole passes
     assert sum(decoded) < 0.6 * sum(len(c) + len(t) for c, t in passes), decoded
+    assert min(decoded) >= MIN_ROWS
     # the cache is left empty: the next pass is computed as on a fresh engine
     assert engine.token_logprobs(*passes[1]).tolist() == alone[1].tolist()
+
+
+@pytest.mark.slow  # loads the real model into llama.cpp
+@pytest.mark.parametrize("flash_attn", [False, True])
+def test_a_pass_scores_the_same_whatever_was_cached_before_it(model_gguf, flash_attn):
+    # Before decodes were kept >= MIN_ROWS rows (measured on the BF16 copy, AVX-512 EPYC): next-token
+    # logits after a cached prefix differed from cold ones by 0.23 with a 1-row tail; with flash
+    # attention by 0.20 with a 5-row tail and 0.03 between n_batch 64 and 512. Now equal to the bit
+    # on both CPU kinds (BF16 and the shipped Q4_1 on AVX-512, F16 on the AVX2 build).
+    from humpback_lite import prompts
+
+    e = Engine(model_gguf, n_ctx=1024, flash_attn=flash_attn)
+    try:
+        ctx = e.tokenize(e.format(prompts.forward_messages("How do I read a file's lines in Python?")))
+        answer = e.tokenize("Open it with open() in a with-statement and iterate over the file object; each line "
+                            "keeps its newline, which str.rstrip removes. " * 4)
+        cold = e.token_logprobs(ctx, answer).tolist()
+        for tail in (1, 5, 63, 64, 100):
+            other = answer[:-tail] + e.tokenize(" Something else entirely.")
+            assert e.token_logprobs_many([(ctx, other), (ctx, answer)])[1].tolist() == cold, tail
+        short = e.tokenize("Yes.")  # a pass under MIN_ROWS tokens after a longer one that shares its start
+        alone = e.token_logprobs(ctx[:20], short).tolist()
+        assert e.token_logprobs_many([(ctx[:30], answer[:60]), (ctx[:20], short)])[1].tolist() == alone
+        whole = ctx + answer
+        e.llm.n_tokens = 0
+        ref = e.next_token_logits(whole).tolist()
+        for tail in (1, 5, 63, 200):
+            e.llm.n_tokens = 0
+            e.next_token_logits(whole[:-tail])  # left in the prefix cache
+            assert e.next_token_logits(whole).tolist() == ref, tail
+    finally:
+        e.close()
+    other_batch = Engine(model_gguf, n_ctx=1024, flash_attn=flash_attn, n_batch=128)
+    try:
+        assert other_batch.token_logprobs(ctx, answer).tolist() == cold
+    finally:
+        other_batch.close()
 
 
 @pytest.mark.slow  # loads the real model into llama.cpp
