@@ -129,12 +129,13 @@ class EngineConfig:
     extra_buffers: Literal["auto", "on", "off"] = "auto"
     """llama.cpp's extra CPU weight layouts (AMX tiles, repacking). auto = off on CPUs with AMX, where
     quantized GGUFs crash llama.cpp (llama.cpp#20824), on elsewhere. Does not change results."""
-    flash_attn: Literal["on", "off"] = "off"
+    flash_attn: Literal["on", "off"] = "on"
     """llama.cpp's fused attention kernel. Measured on 2-core EPYCs (docs/performance.md): scoring
     1.2x, generation 1.04-1.35x faster; per-token log-probs move as much as choosing the BF16 or F16
-    copy does. Off by default: its rounding depends on how work is cut into decodes, so Ray workers
-    and this process (other windows) would not write the same bytes. Float rounding only, so not
-    part of the fingerprint."""
+    copy does. Its rounding depends on how many rows a decode holds: scoring keeps every decode
+    >= 64 rows (engine.MIN_ROWS), so scores do not depend on what ran before; generated text depends
+    on which sequences share a decode, which the resume windows fix (the same in Ray workers and
+    here), and on the thread count. Float rounding only, so not part of the fingerprint."""
     parallel: int | None = None
     """Sequences generated together per llama.cpp decode (continuous batching), each with its own
     n_ctx of KV cache. None = as many as fit a 1 GiB KV cache, at most 16 (16 for the embedded model

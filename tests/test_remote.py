@@ -188,10 +188,10 @@ def test_serve_config_names_every_adapter_the_run_will_train(hb_home, model_gguf
     assert aliases["M1"] == str((tmp_path / "r" / "round_01" / "train" / "adapter.gguf").resolve())
     assert served_name(Path(aliases["M1"])) == "M1"
     assert served_name(tmp_path / "r" / "backward" / "adapter.gguf") == "backward"
-    assert {m["flash_attn"] for m in cfg["models"]} == {False}  # the recipe's engine.flash_attn, as in process
-    on = CliRunner().invoke(main, ["serve-config", str(TINY), "engine.runtime_type=original", "engine.flash_attn=on",
-                                   "--out", str(tmp_path / "r")])
-    assert {m["flash_attn"] for m in json.loads(on.output)["models"]} == {True}
+    assert {m["flash_attn"] for m in cfg["models"]} == {True}  # the recipe's engine.flash_attn, as in process
+    off = CliRunner().invoke(main, ["serve-config", str(TINY), "engine.runtime_type=original", "engine.flash_attn=off",
+                                    "--out", str(tmp_path / "r")])
+    assert {m["flash_attn"] for m in json.loads(off.output)["models"]} == {False}
 
 
 def test_score_command_scores_through_the_server(remote_run, server, tmp_path):
@@ -248,7 +248,13 @@ def test_a_window_sends_its_judge_passes_before_its_backward_passes(remote_run, 
     for r, q in zip(read_jsonl(tmp_path / "remote.jsonl"), read_jsonl(tmp_path / "local.jsonl"), strict=True):
         assert list(r["signals"]) == list(q["signals"])  # same record layout as one pass per pair
         for name in ("pmi", "backward", "backward_lp"):
-            assert abs(r["signals"][name] - q["signals"][name]) <= 2e-3, (r["id"], name)
+            # `backward` subtracts the instruction's log-prob after an empty answer, a pass under
+            # engine.MIN_ROWS tokens: here decoded alone, while llama_cpp.server builds it on the
+            # prompt it cached from the pass before, whose rows flash attention rounds another way
+            # (measured 2026-12-01 with it on: 0.0022 on both pairs on the AVX-512 EPYC, 0.0002 and
+            # 0.0020 on the AVX2 build; every other signal here equal to the 4th decimal on both)
+            tol = 1e-2 if name == "backward" else 2e-3
+            assert abs(r["signals"][name] - q["signals"][name]) <= tol, (r["id"], name)
 
 
 @pytest.mark.slow  # needs the embedded model's file (fetched, or its vocabulary loaded)

@@ -104,7 +104,7 @@ def test_auto_on_the_real_model_measures_converts_and_humpback_models_prints_it(
     chosen = runtime.runtime_path(model_gguf, cfg)
     assert chosen.exists() and (got["chosen"] == "original") == (chosen == model_gguf)
     out = " ".join(CliRunner().invoke(main, ["models"], terminal_width=300).output.split())  # rich wraps lines
-    assert f"runtime_type auto -> {got['chosen']} (measured" in out and "flash_attn off" in out
+    assert f"runtime_type auto -> {got['chosen']} (measured" in out and "flash_attn on" in out
 
 
 def test_engines_carry_the_type_auto_chose_so_ray_workers_run_the_same_file(hb_home, tmp_path, monkeypatch):
