@@ -171,8 +171,9 @@ MIN_ROWS = 64
 
 def decode_spans(start: int, end: int, n_batch: int) -> list[tuple[int, int]]:
     """The [at, stop) token ranges of the decodes that bring a cache holding `start` tokens of a
-    sequence to `end` (none when it holds them all): from `end - MIN_ROWS` at the latest (0 for a shorter sequence), `n_batch`
-    rows each, the last two split evenly when the last would have fewer than MIN_ROWS."""
+    sequence to `end` (none when it holds them all): from `end - MIN_ROWS` at the latest (0 for a
+    shorter sequence), `n_batch` rows each, the last two split evenly when the last would have
+    fewer than MIN_ROWS."""
     if start >= end:
         return []  # nothing new to compute
     at = max(0, min(start, end - MIN_ROWS))
@@ -562,7 +563,7 @@ class Engine(Prompting):
         # at least one token must run to get logits
         k = shared_prefix(llm.input_ids[: llm.n_tokens].tolist(), tokens, len(tokens) - 1)
         llm.n_tokens = 0  # until the decodes below have run
-        self._decode_spans(tokens, k, [len(tokens) - 1], lambda at, rows: None)
+        self._decode(tokens, k, [len(tokens) - 1], lambda positions, ptr: None)  # read by next_token_logits
         llm.input_ids[: len(tokens)] = tokens
         llm.n_tokens = len(tokens)
 
@@ -658,11 +659,11 @@ class Engine(Prompting):
                 known[p] = float(v)
 
         wanted = range(first, len(tokens) - 1)
-        self._decode_spans(tokens, start, wanted, lambda positions, ptr: keep(positions, np.ctypeslib.as_array(
+        self._decode(tokens, start, wanted, lambda positions, ptr: keep(positions, np.ctypeslib.as_array(
             ctypes.cast(ptr, ctypes.POINTER(ctypes.c_float)), shape=(len(positions), n_vocab))))
         return list(tokens), known
 
-    def _decode_spans(self, tokens: list[int], start: int, wanted: Sequence[int],
+    def _decode(self, tokens: list[int], start: int, wanted: Sequence[int],
                       take: Callable[[list[int], Any], None]) -> None:
         """Decode `tokens[start:]` on top of the cached `tokens[:start]` (going back to
         `decode_spans`' start), with logits at the positions in `wanted`; after each decode that has
