@@ -565,7 +565,7 @@ class Engine(Prompting):
         # at least one token must run to get logits
         k = shared_prefix(llm.input_ids[: llm.n_tokens].tolist(), tokens, len(tokens) - 1)
         llm.n_tokens = 0  # until the decodes below have run
-        self._decode(tokens, k, [len(tokens) - 1], lambda positions, ptr: None)  # read by next_token_logits
+        self._decode(tokens, k, [len(tokens) - 1])  # the logits next_token_logits reads
         llm.input_ids[: len(tokens)] = tokens
         llm.n_tokens = len(tokens)
 
@@ -666,10 +666,10 @@ class Engine(Prompting):
         return list(tokens), known
 
     def _decode(self, tokens: list[int], start: int, wanted: Sequence[int],
-                      take: Callable[[list[int], Any], None]) -> None:
+                take: Callable[[list[int], Any], None] | None = None) -> None:
         """Decode `tokens[start:]` on top of the cached `tokens[:start]` (going back to
         `decode_spans`' start), with logits at the positions in `wanted`; after each decode that has
-        some, `take(positions, pointer to their logit rows)`."""
+        some, `take(positions, pointer to their logit rows)` if given."""
         import llama_cpp
 
         llm = self.llm
@@ -684,7 +684,7 @@ class Engine(Prompting):
                 llm._batch.batch.logits[j] = at + j in want
             with self._native("decode"):
                 llm._ctx.decode(llm._batch)
-            if positions:
+            if positions and take is not None:
                 # llama_get_logits: the requested rows, in batch order, one contiguous block
                 take(positions, llama_cpp.llama_get_logits(llm._ctx.ctx))
 

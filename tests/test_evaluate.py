@@ -44,11 +44,9 @@ def test_token_logprobs_match_next_token_logits_one_by_one(engine):
     target = engine.tokenize("Blue is a colour.")
     lp = engine.token_logprobs(context, target)
     for i, tok in enumerate(target):
-        # Each prefix read whole from an empty cache, as the one pass reads it. Read incrementally
-        # (one new token on the cached prefix) llama.cpp takes its one-row kernels, which round
-        # differently on some CPUs: measured on SmolLM2's Q4_1 file, one-pass vs incremental max
-        # 0.20 nats (median 0.026) on an AVX2-only EPYC, < 1e-3 on an AVX-512 EPYC; whole prefixes
-        # agree within 1e-6 on the AVX2 one.
+        # Each prefix read whole from an empty cache, as the one pass reads it. (One new token on
+        # the cached prefix took llama.cpp's one-row kernels before engine.MIN_ROWS, which round
+        # apart on some CPUs: one-pass vs incremental max 0.20 nats on an AVX2-only EPYC's Q4_1.)
         engine.llm._ctx.kv_cache_seq_rm(-1, 0, -1)
         engine.llm.n_tokens = 0
         logits = engine.next_token_logits(context + target[:i]).astype(np.float64)
