@@ -23,12 +23,11 @@ import subprocess
 import sys
 import tempfile
 from collections.abc import Iterator
-from pathlib import Path
 
 _WATCHER = r"""
 import os, signal, sys
 signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
-log = sys.argv[1]
+log = int(sys.argv[1])  # the parent's log, an open descriptor of an unlinked file
 op = hint = None
 for line in sys.stdin:
     kind, _, what = line.rstrip("\n").partition(" ")
@@ -36,8 +35,8 @@ for line in sys.stdin:
 if op is not None:
     tail = ""
     try:
-        with open(log, errors="replace") as f:
-            lines = [x for x in f.read().splitlines() if x.strip()][-12:]
+        text = os.pread(log, os.fstat(log).st_size, 0).decode(errors="replace")
+        lines = [x for x in text.splitlines() if x.strip()][-12:]
         if lines:
             tail = "\nllama.cpp's last captured log lines:\n  " + "\n  ".join(lines)
     except OSError:
@@ -46,23 +45,26 @@ if op is not None:
         f"\nhumpback: the process died inside llama.cpp during {op}: a crash in llama.cpp, or the "
         f"process was killed (out of memory?).{tail}\n"
         + (hint + "\n" if hint else "") + "HUMPBACK_VERBOSE=1 shows llama.cpp's whole log.\n")
-with __import__("contextlib").suppress(OSError):
-    os.unlink(log)
 """
 
 
 class _Guard:
     def __init__(self) -> None:
         self.pid = os.getpid()
-        fd, self.log = tempfile.mkstemp(prefix="humpback-llama-", suffix=".log")
+        # The log is a file without a name: unlinked at once, it lives while this process or the
+        # watcher holds it open, so nothing is left in /tmp even when both are killed (SIGKILL on
+        # the process group). O_APPEND: writes land at the end after each truncation.
+        fd, path = tempfile.mkstemp(prefix="humpback-llama-", suffix=".log")
+        self.log = os.open(path, os.O_RDWR | os.O_APPEND)
         os.close(fd)
+        os.unlink(path)
         # A copy of the terminal's stderr, taken before any redirection silences fd 2.
         self.terminal = os.fdopen(os.dup(2), "w", buffering=1)
         if not faulthandler.is_enabled():
             faulthandler.enable(file=self.terminal, all_threads=True)
         self.proc = subprocess.Popen(
-            [sys.executable, "-c", _WATCHER, self.log], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
-            stderr=self.terminal, text=True, bufsize=1)
+            [sys.executable, "-c", _WATCHER, str(self.log)], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+            stderr=self.terminal, text=True, bufsize=1, pass_fds=(self.log,))
         atexit.register(self.close)
 
     def send(self, line: str) -> None:
@@ -101,20 +103,19 @@ def operation(what: str, hint: str = "") -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def captured_stderr() -> Iterator[Path]:
-    """Send fd 2 (where llama.cpp logs from C) to the guard's log file, truncated first; yields its
-    path so a caller can quote the log in an error message."""
+def captured_stderr() -> Iterator[None]:
+    """Send fd 2 (where llama.cpp logs from C) to the guard's log, emptied first; `log_tail`
+    quotes it in error messages."""
     guard = install()
     sys.stderr.flush()
     saved = os.dup(2)
-    target = os.open(guard.log, os.O_WRONLY | os.O_TRUNC | os.O_CREAT, 0o600)
+    os.ftruncate(guard.log, 0)
     try:
-        os.dup2(target, 2)
-        yield Path(guard.log)
+        os.dup2(guard.log, 2)
+        yield
     finally:
         os.dup2(saved, 2)
         os.close(saved)
-        os.close(target)
 
 
 def log_tail(n: int = 8) -> str:
@@ -122,10 +123,10 @@ def log_tail(n: int = 8) -> str:
     if _guard is None:
         return ""
     try:
-        lines = [x for x in Path(_guard.log).read_text(errors="replace").splitlines() if x.strip()]
+        text = os.pread(_guard.log, os.fstat(_guard.log).st_size, 0).decode(errors="replace")
     except OSError:
         return ""
-    return "\n".join(lines[-n:])
+    return "\n".join([x for x in text.splitlines() if x.strip()][-n:])
 
 
 @contextlib.contextmanager

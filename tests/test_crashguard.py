@@ -1,5 +1,6 @@
 """A crash inside llama.cpp is reported with the model and operation, never silently."""
 
+import os
 import subprocess
 import sys
 
@@ -41,3 +42,12 @@ def test_a_hint_is_given_only_with_the_operation_it_fits():
     assert "engine.extra_buffers=off avoids it." in hinted.stderr
     plain = _run("os.kill(os.getpid(), signal.SIGSEGV)")
     assert "extra_buffers" not in plain.stderr  # no AMX advice for a crash it does not fit
+
+
+def test_no_log_file_is_left_behind_even_when_the_whole_process_group_is_killed(tmp_path):
+    env = {**os.environ, "TMPDIR": str(tmp_path)}
+    for body in ("pass", "os.killpg(0, signal.SIGKILL)"):  # a clean exit; `timeout -s KILL`, the OOM killer
+        p = subprocess.run([sys.executable, "-c", CRASH.format(body=body)], capture_output=True, text=True,
+                           timeout=60, env=env, start_new_session=True)
+        assert p.returncode in (0, -9)
+    assert list(tmp_path.iterdir()) == []
