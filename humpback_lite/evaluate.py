@@ -18,6 +18,7 @@ No API key, no network: the paper judged with GPT-4 on AlpacaEval; here the judg
 
 from __future__ import annotations
 
+import json
 import math
 import random
 import re
@@ -357,6 +358,18 @@ def data_stats(segments: list[dict], pairs: list[dict], top: int = 10) -> dict:
         "sources": sources.most_common(top),
         "distinct_sources": len(sources),
     }
+
+
+def read_metrics(run: Run, ifeval: bool = True) -> dict | None:
+    """The evaluation's figures: the evaluate stage's metrics.json, with the ifeval stage's under
+    "ifeval" (unless `ifeval` is false: the recipe no longer asks for it); None when neither ran."""
+    out: dict | None = None
+    for stage in ("evaluate", "ifeval") if ifeval else ("evaluate",):
+        path = run.dir(stage) / "metrics.json"
+        if path.exists():
+            m = json.loads(path.read_text())
+            out = {**(out or {}), **({"ifeval": m} if stage == "ifeval" else m)}
+    return out
 
 
 def curation_figures(run: Run, rounds: int | None = None) -> list[dict]:

@@ -4,10 +4,9 @@ the dataset it was trained on, a model card with Hugging Face metadata, and an O
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-from . import ifeval, layout, prompts
+from . import graph, ifeval, layout, prompts
 from .models import ModelCard, chat_template, is_chatml
 from .recipe import Recipe, dump_recipe
 from .store import Run, copy_file, copy_tree, read_jsonl, write_json, write_jsonl, write_text
@@ -38,31 +37,32 @@ def round_table(run: Run, rounds: int) -> list[dict]:
     return rows
 
 
-def eval_table(run: Run) -> list[str]:
-    """Markdown rows of the evaluate stage's metrics (empty when it did not run)."""
-    path = run.dir("evaluate") / "metrics.json"
-    if not path.exists():
+def eval_table(run: Run, ifeval_wanted: bool = True) -> list[str]:
+    """Markdown rows of the evaluate and ifeval stages' metrics (empty when neither ran)."""
+    from .evaluate import read_metrics
+
+    m = read_metrics(run, ifeval_wanted)
+    if not m:
         return []
-    m = json.loads(path.read_text())
 
     def rate(v: dict | None) -> str:
         return f"{v['win_rate']:.0%} ({v['win']}/{v['tie']}/{v['loss']})" if v else "-"
 
-    lines = [f"Held-out seed pairs: {m['heldout']}; judge: `{m['judge']}` (each comparison in both orders; "
-             "win/tie/loss in brackets).", "",
-             "| model | held-out NLL / token | perplexity | win rate vs base | win rate vs M0 |",
-             "|---|---|---|---|---|"]
-    for name, v in m["models"].items():
-        lines.append(f"| {name} | {v['nll']} | {v['ppl']} | {rate(v.get('vs_base'))} | {rate(v.get('vs_M0'))} |")
+    lines: list[str] = []
+    if "models" in m:
+        lines += [f"Held-out seed pairs: {m['heldout']}; judge: `{m['judge']}` (each comparison in both orders; "
+                  "win/tie/loss in brackets).", "",
+                  "| model | held-out NLL / token | perplexity | win rate vs base | win rate vs M0 |",
+                  "|---|---|---|---|---|"]
+        for name, v in m["models"].items():
+            lines.append(f"| {name} | {v['nll']} | {v['ppl']} | {rate(v.get('vs_base'))} | {rate(v.get('vs_M0'))} |")
     if ife := m.get("ifeval"):
-        lines += ["", ifeval.describe(ife), "",
+        lines += ([""] if lines else []) + [ifeval.describe(ife), "",
                   "| model | average | prompt strict | prompt loose | instruction strict | instruction loose | average vs base |",
                   "|---|---|---|---|---|---|---|"]
         for name, v in ife["models"].items():
-            vs = v.get("vs_base")
-            diff = f"{(vs['prompt_strict']['diff'] + vs['inst_strict']['diff']) / 2:+.1f}" if vs else "-"
             lines.append(f"| {name} | {v['average']} | " + " | ".join(ifeval.cell(v[k]) for k in ifeval.METRICS)
-                         + f" | {diff} |")
+                         + f" | {ifeval.cell((v.get('vs_base') or {}).get('average'))} |")
     return lines
 
 
@@ -75,7 +75,7 @@ def model_card(run: Run, recipe: Recipe, card: ModelCard, table: list[dict], n_s
     rendered = ModelCard.from_template(
         ModelCardData(**hf_metadata(recipe, card)), template_path=str(TEMPLATES / "model_card.md"),
         name=recipe.name, base=card, n_seed=n_seed, n_aug=n_aug, rounds=recipe.rounds, mode=recipe.curate.mode,
-        rule=_rule(recipe.curate), table=table, evals="\n".join(eval_table(run)),
+        rule=_rule(recipe.curate), table=table, evals="\n".join(eval_table(run, graph.has_stage(recipe, "ifeval"))),
         weights=card.hf_id, merged=merged, merged_type=recipe.export.merged_type,
         system=system, base_source=_base_source(card), tags=recipe.tags, augmented_tag=prompts.AUGMENTED_TAG,
         recipe_yaml=public_recipe(recipe).rstrip())

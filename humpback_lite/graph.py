@@ -37,6 +37,10 @@ CORPUS_FIELDS = tuple(f"data.{name}" for name in (
     "corpus", "min_chars", "max_chars", "max_segments", "text_field", "include", "exclude", "repetition",
     "headers", "boilerplate", "language", "dedup", "dedup_threshold"))
 SELECT_ONLY = ("curate.threshold", "curate.top_fraction", "curate.target_count", "curate.dedup", "curate.max_per_source")
+# IFEval is its own stage, so asking for more of it (evaluate.ifeval=all) keeps the held-out
+# answers and judgments, and a new judge keeps IFEval's answers. Both lists are spelled out, as above.
+IFEVAL_FIELDS = ("evaluate.ifeval", "evaluate.ifeval_max_new_tokens")
+HELDOUT_EVAL_FIELDS = ("evaluate.limit", "evaluate.max_new_tokens", "evaluate.judge")
 RAY = tuple(f"ray.{f.name}" for f in dataclasses.fields(RayConfig))  # where work runs, not what it gives
 # `name` labels a run; `rounds` decides which stages exist, which the inputs already capture.
 EVERYWHERE = ("run.name", "run.rounds")
@@ -52,7 +56,7 @@ class Spec:
       `file:corpus`, `file:model`.
     ignore: dotted fields of those sections that cannot change the output.
     rounds_from: for round stages, the first round (None: not a round stage).
-    when: dotted boolean recipe fields that must all be true for the stage to exist.
+    when: dotted recipe fields that must all be true (non-zero) for the stage to exist.
     """
 
     kind: str
@@ -76,8 +80,11 @@ GRAPH: tuple[Spec, ...] = (
            when=("evaluate.enabled", "evaluate.ablation")) for a in layout.ABLATIONS),
     Spec("evaluate", ("evaluate", "engine", "run"),
          ("seed", "corpus", "augment", "score@all", "select@all", "train@all", "ablation@all", "file:model"),
-         ignore=ENGINE_SAME + ("evaluate.enabled", "evaluate.ablation"), when=("evaluate.enabled",)),
-    Spec("export", ("*",), ("seed", "train@last", "select@all", "evaluate"), ignore=ENGINE_SAME + RAY),
+         ignore=ENGINE_SAME + IFEVAL_FIELDS + ("evaluate.enabled", "evaluate.ablation"), when=("evaluate.enabled",)),
+    Spec("ifeval", ("evaluate", "engine", "run"), ("train@all", "ablation@all", "file:model"),
+         ignore=ENGINE_SAME + HELDOUT_EVAL_FIELDS + ("evaluate.enabled", "evaluate.ablation"),
+         when=("evaluate.enabled", "evaluate.ifeval")),
+    Spec("export", ("*",), ("seed", "train@last", "select@all", "evaluate", "ifeval"), ignore=ENGINE_SAME + RAY),
 )
 SPECS = {s.kind: s for s in GRAPH}
 
@@ -91,6 +98,11 @@ class Planned:
 
 def _enabled(spec: Spec, recipe: Recipe) -> bool:
     return all(_field(recipe, key) for key in spec.when)
+
+
+def has_stage(recipe: Recipe, kind: str) -> bool:
+    """Does a run of `recipe` have a stage of this kind (`ifeval` with evaluate.ifeval=0: no)?"""
+    return _enabled(SPECS[kind], recipe)
 
 
 def _field(recipe: Recipe, dotted: str) -> Any:

@@ -215,7 +215,7 @@ def summarize(names: list[str], rows: list[dict], path: Path, bootstrap: int = 2
     for name in present:
         entry: dict[str, Any] = {m: {"value": round(float(value[name][j]), 2), "ci": _interval(boots[name][:, j])}
                                  for j, m in enumerate(METRICS)}
-        entry["average"] = round(float(value[name][0] + value[name][2]) / 2, 2)
+        entry["average"] = round(float(_average(value[name])), 2)
         by_type: dict[str, list[bool]] = {}
         for r in rows:
             for kind, ok in zip(r["instruction_id_list"], verdict[(name, r["key"])]["strict"], strict=True):
@@ -224,11 +224,19 @@ def summarize(names: list[str], rows: list[dict], path: Path, bootstrap: int = 2
         entry["cut_at_limit"] = sum(1 for k in keys if answers[(name, k)].get("cut"))
         for ref in (layout.BASE, layout.SEED_MODEL) if name != layout.BASE else ():
             if ref != name and ref in present:
-                entry[f"vs_{ref}"] = {m: {"diff": round(float(value[name][j] - value[ref][j]), 2),
-                                          "ci": _interval(boots[name][:, j] - boots[ref][:, j])}
-                                      for j, m in enumerate(METRICS)}
+                vs = {m: {"diff": round(float(value[name][j] - value[ref][j]), 2),
+                          "ci": _interval(boots[name][:, j] - boots[ref][:, j])} for j, m in enumerate(METRICS)}
+                # the headline's difference, from the same resamples (a mean of two intervals is not one)
+                vs["average"] = {"diff": round(float(_average(value[name]) - _average(value[ref])), 2),
+                                 "ci": _interval(_average(boots[name].T) - _average(boots[ref].T))}
+                entry[f"vs_{ref}"] = vs
         out["models"][name] = entry
     return out
+
+
+def _average(figures: np.ndarray) -> np.ndarray:
+    """The headline: mean of prompt- and instruction-level strict accuracy (METRICS[0] and [2])."""
+    return (figures[0] + figures[2]) / 2
 
 
 def cell(v: dict | None) -> str:

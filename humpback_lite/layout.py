@@ -184,8 +184,14 @@ class EvaluateCounts(Counts):
     judge: str | None = None
     nll: dict[str, float] = field(default_factory=dict)
     win_vs_base: dict[str, float] = field(default_factory=dict)
-    ifeval: dict[str, float] = field(default_factory=dict)  # per model: mean of prompt and instruction level, strict
     skipped: str | None = None
+
+
+@dataclass(kw_only=True)
+class IFEvalCounts(Counts):
+    prompts: int = 0
+    instructions: int = 0
+    average: dict[str, float] = field(default_factory=dict)  # per model: mean of prompt and instruction level, strict
 
 
 @dataclass(kw_only=True)

@@ -2,7 +2,7 @@
 
     seed -> corpus -> backward (M_yx) -> augment -> round_00/train (M0 on seed)
     for r in 1..rounds: round_r/score (by M_{r-1}) -> round_r/select -> round_r/train (M_r)
-    -> [ablation_random, ablation_all] -> evaluate -> export -> report
+    -> [ablation_random, ablation_all] -> evaluate -> ifeval -> export -> report
 
 This file is wiring: each `_<kind>` method hands one stage's input files, output folder and
 config section to the function of the module that does the work (the same function the
@@ -11,7 +11,6 @@ single-stage command calls). Which stages exist, in what order, and when they re
 
 from __future__ import annotations
 
-import json
 import random
 import sys
 from dataclasses import replace
@@ -220,7 +219,7 @@ class Loop:
         return factory(judge, self.recipe.engine, seed=self.recipe.seed)(None, batched=False)
 
     def _stage_evaluate(self, p: graph.Planned, d: Path) -> dict:
-        from . import evaluate, ifeval
+        from . import evaluate
 
         r = self.recipe
         held = read_jsonl(self._in("seed", "heldout.jsonl"))[: r.evaluate.limit]
@@ -229,20 +228,10 @@ class Loop:
         contenders = self.contenders()
         names = [c.name for c in contenders]
         judge_name = {"final": f"final model ({layout.round_model(r.rounds)})", "base": "base model"}.get(r.evaluate.judge, r.evaluate.judge)
-        chosen = ifeval.choose(ifeval.load_prompts(), r.evaluate.ifeval, r.seed) if r.evaluate.ifeval else []
-        if chosen:
-            ifeval.checkers()  # a missing checker or table fails now, not after the models have answered
-        units = evaluate.work_units(names, len(held)) + ifeval.work_units(names, len(chosen))
-        with self.progress("evaluate", units) as advance:
+        with self.progress("evaluate", evaluate.work_units(names, len(held))) as advance:
             result = evaluate.evaluate_models(self.engines, contenders, held, d, self._judge_engine,
                                               judge_name, r.evaluate.max_new_tokens, r.tags, r.seed,
                                               on_item=advance, bootstrap=r.evaluate.bootstrap)
-            if chosen:
-                ifeval.write_answers(self.engines, contenders, chosen, d / "ifeval.jsonl",
-                                     r.evaluate.ifeval_max_new_tokens, r.tags, r.seed, on_item=advance)
-        if chosen:
-            result["ifeval"] = ifeval.summarize(names, chosen, d / "ifeval.jsonl", r.evaluate.bootstrap, r.seed,
-                                                r.evaluate.ifeval, r.evaluate.ifeval_max_new_tokens)
         result["curation"] = [{k: v for k, v in c.items() if k != "scores"}
                               for c in evaluate.curation_figures(self.run_dir, r.rounds)]
         result["data"] = evaluate.data_stats(read_jsonl(self._in("corpus", "segments.jsonl")),
@@ -250,8 +239,25 @@ class Loop:
         write_json(d / "metrics.json", result)
         return layout.EvaluateCounts(
             heldout=result["heldout"], judge=result["judge"], nll={m: v["nll"] for m, v in result["models"].items()},
-            win_vs_base={m: v["vs_base"]["win_rate"] for m, v in result["models"].items() if "vs_base" in v},
-            ifeval={m: v["average"] for m, v in result.get("ifeval", {}).get("models", {}).items()})
+            win_vs_base={m: v["vs_base"]["win_rate"] for m, v in result["models"].items() if "vs_base" in v})
+
+    def _stage_ifeval(self, p: graph.Planned, d: Path) -> dict:
+        """Every model answers IFEval's prompts (or a seeded subset), checked by its rules."""
+        from . import ifeval
+
+        r = self.recipe
+        chosen = ifeval.choose(ifeval.load_prompts(), r.evaluate.ifeval, r.seed)
+        ifeval.checkers()  # a missing checker or table fails now, not after the models have answered
+        contenders = self.contenders()
+        names = [c.name for c in contenders]
+        with self.progress("IFEval", ifeval.work_units(names, len(chosen))) as advance:
+            ifeval.write_answers(self.engines, contenders, chosen, d / "ifeval.jsonl",
+                                 r.evaluate.ifeval_max_new_tokens, r.tags, r.seed, on_item=advance)
+        result = ifeval.summarize(names, chosen, d / "ifeval.jsonl", r.evaluate.bootstrap, r.seed,
+                                  r.evaluate.ifeval, r.evaluate.ifeval_max_new_tokens)
+        write_json(d / "metrics.json", result)
+        return layout.IFEvalCounts(prompts=result["prompts"], instructions=result["instructions"],
+                                   average={m: v["average"] for m, v in result["models"].items()})
 
     def _stage_export(self, p: graph.Planned, d: Path) -> dict:
         from .export import export
@@ -320,11 +326,13 @@ class Loop:
                                 f"changed: give another --out, or name={name} to go on with that run with these settings")
 
     def evaluate(self) -> dict:
-        """Resume the run with the evaluate stage on; returns its metrics ({} without held-out pairs)."""
+        """Resume the run with evaluation on; returns the evaluate stage's metrics with IFEval's
+        under "ifeval" ({} when there was nothing to evaluate)."""
+        from .evaluate import read_metrics
+
         self.recipe.evaluate.enabled = True
         self.run()
-        path = self._in("evaluate", "metrics.json")
-        return json.loads(path.read_text()) if path.exists() else {}
+        return read_metrics(self.run_dir, graph.has_stage(self.recipe, "ifeval")) or {}
 
 
 def run(recipe: Recipe, out_dir: str | Path, progress: Progress = silent, say: Say = quiet) -> Run:

@@ -8,14 +8,12 @@ Everything is read from the run's files, so a report can be rebuilt at any time
 from __future__ import annotations
 
 import io
-import json
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from . import ifeval, layout
-from .evaluate import curation_figures, data_stats, last_round_model
+from . import graph, ifeval, layout
+from .evaluate import curation_figures, data_stats, last_round_model, read_metrics
+from .recipe import load_recipe
 from .store import Run, read_jsonl, write_text
 
 EXAMPLE_CHARS = 700
@@ -33,7 +31,8 @@ def gather(root: str | Path) -> dict[str, Any]:
     run = Run(root)
     m = run.manifest
     recipe_path = Path(root) / "recipe.yaml"
-    rounds = (yaml.safe_load(recipe_path.read_text()) or {}).get("rounds") if recipe_path.exists() else None
+    recipe = load_recipe(recipe_path) if recipe_path.exists() else None
+    rounds = recipe.rounds if recipe else None
     # Folders of rounds the recipe no longer has (rounds lowered) are not part of this run.
     stages = {k: v for k, v in m.get("stages", {}).items()
               if rounds is None or (layout.split(k)[1] or 0) <= rounds}
@@ -44,7 +43,6 @@ def gather(root: str | Path) -> dict[str, Any]:
         c["examples"] = _examples(scored, kept_ids)
     segments = _jsonl(run.dir("corpus") / "segments.jsonl")
     pairs = _jsonl(run.dir("augment") / "pairs.jsonl")
-    metrics_path = run.dir("evaluate") / "metrics.json"
     answers: dict[str, dict[str, str]] = {}
     for a in _jsonl(run.dir("evaluate") / "answers.jsonl"):
         answers.setdefault(a["id"], {})[a["model"]] = a["answer"]
@@ -56,7 +54,8 @@ def gather(root: str | Path) -> dict[str, Any]:
         "funnel": corpus_counts.get("funnel", {}),
         "pairs": len(pairs),
         "curation": curation,
-        "evaluation": json.loads(metrics_path.read_text()) if metrics_path.exists() else None,
+        # a stage the recipe no longer has (IFEval after evaluate.ifeval=0) is left out, as rounds are
+        "evaluation": read_metrics(run, recipe is None or graph.has_stage(recipe, "ifeval")),
         "answers": [{"instruction": heldout[i]["instruction"], "reference": heldout[i]["output"], **by_model}
                     for i, by_model in list(answers.items())[:3] if i in heldout],
         "data": data_stats(segments, pairs) if segments else None,
@@ -258,7 +257,8 @@ def _ifeval(m: dict | None) -> dict | None:
     names = list(m["models"])
     rows = [[n, v["average"], *(ifeval.cell(v[k]) for k in ifeval.METRICS), v.get("cut_at_limit")]
             for n, v in m["models"].items()]
-    diffs = [[f"{n} - {ref}", *(ifeval.cell(v[f"vs_{ref}"][k]) for k in ifeval.METRICS)]
+    diffs = [[f"{n} - {ref}", ifeval.cell(v[f"vs_{ref}"].get("average")),
+              *(ifeval.cell(v[f"vs_{ref}"][k]) for k in ifeval.METRICS)]
              for ref in (layout.BASE, layout.SEED_MODEL) for n, v in m["models"].items() if f"vs_{ref}" in v]
     kinds = sorted({k for v in m["models"].values() for k in v["by_type"]})
     first = m["models"][names[0]]["by_type"]
@@ -274,7 +274,9 @@ def _context(g: dict) -> dict[str, Any]:
     ctx: dict[str, Any] = {"g": g, "ev": ev, "css": CSS, "example_chars": EXAMPLE_CHARS}
     ctx["plots"] = {"metrics": plot_metrics(g), "funnel": plot_funnel(g), "scores": plot_scores(g),
                     "lengths": plot_lengths(g)}
-    if ev:
+    ctx["ifeval"] = _ifeval((ev or {}).get("ifeval"))  # its own stage: also without held-out pairs
+    ctx["held_out"] = bool(ev and ev.get("models"))
+    if ctx["held_out"]:
         ctx["position_bias"] = _pct(ev.get("position_bias"))
         ctx["model_rows"] = [
             [n, v["nll"], v["ppl"], _rate_ci(v.get("vs_base") or {}), _wtl(v.get("vs_base") or {}),
@@ -282,7 +284,6 @@ def _context(g: dict) -> dict[str, Any]:
              f"{v.get('looping', '-')} / {v.get('cut_at_limit', '-')}"]
             for n, v in ev["models"].items()]
         ctx["ablation"] = _ablation(ev)
-        ctx["ifeval"] = _ifeval(ev.get("ifeval"))
         ctx["last_model"] = last_round_model(list(ev["models"])) or list(ev["models"])[-1]
     cur = g["curation"]
     ctx["curation_rows"] = [

@@ -56,8 +56,8 @@ def test_every_recipe_field_reruns_some_stage_unless_declared_inert():
         setattr(owner, name, new)
         rerun = {k for k, cfg in _configs(changed).items() if cfg != before[k]}
         top = "run." + key if not path else key
-        if top in structural:  # decides which stages exist
-            assert [p.name for p in graph.plan(changed)] != [p.name for p in graph.plan(base)], key
+        if top in structural:  # decides which stages exist (evaluate.ifeval: also how many prompts)
+            assert [p.name for p in graph.plan(changed)] != [p.name for p in graph.plan(base)] or rerun, key
         elif top in inert:
             assert rerun <= {"export"}, f"{key} is declared inert but reruns {rerun}"
         else:
@@ -67,12 +67,16 @@ def test_every_recipe_field_reruns_some_stage_unless_declared_inert():
 @pytest.mark.parametrize(("key", "value", "expected"), [
     ("data.min_chars", 500, {"corpus"}),
     ("data.heldout", 5, {"seed"}),
-    ("engine.n_ctx", 4096, {"augment", "score", "evaluate"}),
+    ("engine.n_ctx", 4096, {"augment", "score", "evaluate", "ifeval"}),
+    ("evaluate.ifeval", 50, {"ifeval"}),  # more IFEval keeps the held-out answers and judgments
+    ("evaluate.ifeval_max_new_tokens", 256, {"ifeval"}),
+    ("evaluate.judge", "base", {"evaluate"}),  # a new judge keeps IFEval's answers
+    ("evaluate.bootstrap", 500, {"evaluate", "ifeval"}),
     ("engine.n_threads", 1, set()),
     ("curate.top_fraction", 0.5, {"select"}),
     ("curate.mode", "pmi", {"score", "select"}),
     ("train.lora_r", 8, {"train", "ablation_random", "ablation_all", "backward"}),
-    ("tags", False, {"score", "train", "ablation_random", "ablation_all", "evaluate"}),
+    ("tags", False, {"score", "train", "ablation_random", "ablation_all", "evaluate", "ifeval"}),
 ])
 def test_a_setting_reruns_exactly_the_stages_that_read_it(key, value, expected):
     base = Recipe()
@@ -98,9 +102,12 @@ def test_plan_runs_rounds_in_order_and_optional_stages_only_when_asked():
     r = Recipe(rounds=2)
     names = [p.name for p in graph.plan(r)]
     assert names == ["seed", "corpus", "backward", "augment", "round_00/train", "round_01/score", "round_01/select",
-                     "round_01/train", "round_02/score", "round_02/select", "round_02/train", "evaluate", "export"]
+                     "round_01/train", "round_02/score", "round_02/select", "round_02/train", "evaluate", "ifeval",
+                     "export"]
     r.evaluate.ablation = True
-    assert [p.name for p in graph.plan(r)][-4:] == ["ablation_random", "ablation_all", "evaluate", "export"]
+    assert [p.name for p in graph.plan(r)][-5:] == ["ablation_random", "ablation_all", "evaluate", "ifeval", "export"]
+    r.evaluate.ifeval = 0
+    assert [p.name for p in graph.plan(r)][-2:] == ["evaluate", "export"]
     r.evaluate.enabled = False
     assert [p.name for p in graph.plan(r)][-2:] == ["round_02/train", "export"]
 

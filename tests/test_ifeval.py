@@ -89,6 +89,10 @@ def test_figures_intervals_and_paired_differences_from_known_answers(ifeval_chec
     assert m0["vs_base"]["prompt_strict"]["diff"] == 100.0 and m0["vs_base"]["inst_strict"]["diff"] == 80.0
     lo, hi = m0["vs_base"]["inst_strict"]["ci"]
     assert 0 < lo <= 80.0 <= hi <= 100
+    # the headline's difference has its own interval, from the same resamples
+    assert m0["vs_base"]["average"]["diff"] == 90.0
+    lo, hi = m0["vs_base"]["average"]["ci"]
+    assert lo <= 90.0 <= hi <= 100 and (lo, hi) != (0, 100)
     assert "vs_base" not in base and "vs_M0" not in m0
     assert base["by_type"]["punctuation:no_comma"] == {"n": 2, "strict": 50.0}
     assert m["instructions"] == 5 and m["prompts"] == 4

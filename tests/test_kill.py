@@ -26,7 +26,8 @@ ARGS = ["export.merged=false"]
 COMPARED = ["seed/train.jsonl", "corpus/segments.jsonl", "augment/pairs.jsonl", "round_01/score/scored.jsonl",
             "round_01/score/checks.jsonl", "round_01/select/curated.jsonl", "round_02/score/scored.jsonl",
             "round_02/select/curated.jsonl", "round_02/train/adapter.gguf", "round_02/train/data.jsonl",
-            "ablation_random/adapter.gguf", "evaluate/ifeval.jsonl", "evaluate/metrics.json", "export/dataset.jsonl",
+            "ablation_random/adapter.gguf", "evaluate/metrics.json", "ifeval/ifeval.jsonl", "ifeval/metrics.json",
+            "export/dataset.jsonl",
             "export/adapter/adapter_model.safetensors", "export/README.md"]
 
 

@@ -17,7 +17,7 @@ from humpback_lite.store import read_jsonl
 
 STAGES = ["seed", "corpus", "backward", "augment", "round_00/train", "round_01/score", "round_01/select",
           "round_01/train", "round_02/score", "round_02/select", "round_02/train", "ablation_random", "ablation_all",
-          "evaluate", "export"]
+          "evaluate", "ifeval", "export"]
 
 
 def _finished(run_dir):
@@ -210,8 +210,8 @@ def test_evaluate_stage_scores_base_and_every_round(tiny_run):
     assert len(read_jsonl(tiny_run / "evaluate" / "answers.jsonl")) == 6 * 3
 
 
-def test_evaluate_stage_reports_ifeval_per_model_with_intervals(tiny_run):
-    m = json.loads((tiny_run / "evaluate" / "metrics.json").read_text())["ifeval"]
+def test_ifeval_stage_reports_every_model_with_intervals(tiny_run):
+    m = json.loads((tiny_run / "ifeval" / "metrics.json").read_text())
     assert m["prompts"] == 6 and m["subset"] == 6 and m["max_new_tokens"] == 32
     assert list(m["models"]) == ["base", "M0", "M1", "M2", "random", "all"]
     for name, v in m["models"].items():
@@ -220,10 +220,10 @@ def test_evaluate_stage_reports_ifeval_per_model_with_intervals(tiny_run):
         assert v["prompt_strict"]["value"] <= v["prompt_loose"]["value"]  # loose forgives, never adds failures
         assert sum(t["n"] for t in v["by_type"].values()) == m["instructions"]
         assert ("vs_base" in v) == (name != "base") and ("vs_M0" in v) == (name not in ("base", "M0"))
-    answers = read_jsonl(tiny_run / "evaluate" / "ifeval.jsonl")
+    answers = read_jsonl(tiny_run / "ifeval" / "ifeval.jsonl")
     assert len(answers) == 6 * 6 and all(a["response"] for a in answers)
-    counts = json.loads((tiny_run / "manifest.json").read_text())["stages"]["evaluate"]["counts"]
-    assert set(counts["ifeval"]) == set(m["models"])
+    counts = json.loads((tiny_run / "manifest.json").read_text())["stages"]["ifeval"]["counts"]
+    assert counts["average"] == {n: v["average"] for n, v in m["models"].items()}
 
 
 def test_report_is_one_self_contained_page_with_the_figures(tiny_run):
@@ -329,6 +329,7 @@ def test_report_of_a_run_without_evaluation_says_how_to_get_it(tiny_run, tmp_pat
     copy = tmp_path / "noeval"
     shutil.copytree(tiny_run, copy)
     shutil.rmtree(copy / "evaluate")
+    shutil.rmtree(copy / "ifeval")
     page = write_report(copy).read_text()
     assert "No evaluation in this run" in page and "humpback evaluate RUN" in page
     assert page.count("<svg") == 3  # funnel, score histograms, lengths

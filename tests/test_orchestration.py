@@ -296,3 +296,25 @@ def test_a_run_killed_while_writing_its_manifest_leaves_no_temp_after_the_rerun(
     (out / ".manifest.json.ab12cd34.tmp").write_text("{half")  # killed between write and rename
     _loop(out).run()
     assert not [p for p in out.rglob(".*") if p.is_file() and p.name != ".lock"]
+
+
+def test_ifeval_is_a_stage_of_its_own_kept_apart_from_held_out_evaluation(fake_run, tmp_path, ifeval_checkers):
+    from humpback_lite.report import gather, render
+
+    out = _copy(fake_run, tmp_path)
+    assert set(_rerun(out, "evaluate.ifeval=4")) == {"ifeval", "export"}  # held-out answers and judgments kept
+    assert set(_rerun(out, "evaluate.ifeval=5", "evaluate.judge=base")) == {"evaluate", "ifeval", "export"}
+    assert _rerun(out, "evaluate.ifeval=5", "evaluate.judge=base") == []
+    card = (out / "export" / "README.md").read_text()
+    assert "IFEval (Zhou et al. 2023), a seeded subset of 5" in card and "judge: `base model`" in card
+    # without held-out pairs IFEval still runs, and the report shows it alone
+    _rerun(out, "evaluate.ifeval=5", "data.heldout=0")
+    states = load_run(out).states()  # the recipe the run saved
+    assert states["evaluate"] == states["ifeval"] == "done"
+    g = gather(out)
+    assert "models" not in g["evaluation"] and g["evaluation"]["ifeval"]["prompts"] == 5
+    page = render(g)
+    assert "Instruction following (IFEval)" in page and "No evaluation in this run" not in page
+    # a recipe that drops IFEval leaves the old folder out of the card and the report
+    _rerun(out, "evaluate.ifeval=0", "data.heldout=0")
+    assert "IFEval" not in (out / "export" / "README.md").read_text() and gather(out)["evaluation"] is None
