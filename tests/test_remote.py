@@ -206,7 +206,12 @@ def test_score_command_scores_through_the_server(remote_run, server, tmp_path):
     got = {r["id"]: r["signals"]["rubric"] for r in read_jsonl(out) if r.get("signals")}
     run = {r["id"]: r["signals"]["rubric"] for r in read_jsonl(remote_run / "round_01" / "score" / "scored.jsonl")
            if r.get("signals")}
-    assert got and got == run
+    # Not to the bit: llama_cpp.server builds each rubric prompt on the prefix it cached from the
+    # request before, a tail under engine.MIN_ROWS tokens that flash attention rounds by what came
+    # before (as the backward signal below). Measured 2026-12-01, AVX-512 EPYC: 6 of 7 equal, one
+    # 0.0007 apart (3.3393 / 3.3386).
+    assert got and got.keys() == run.keys()
+    assert all(abs(got[k] - run[k]) <= 5e-3 for k in got), (got, run)
 
 
 def test_a_base_url_without_the_api_root_is_explained(remote_run, server):
