@@ -229,8 +229,10 @@ def choose(gguf: Path, cfg: EngineConfig, on_status=None) -> dict:
     paths = {"original": gguf}
     for kind in (k for k in kinds if k != "original"):
         if on_status:
-            on_status(f"runtime_type auto: converting to {kind} and measuring it on this machine")
+            on_status(f"runtime_type auto: converting to {kind}")
         paths[kind] = runtime_gguf(gguf, kind)
+    if on_status:
+        on_status(f"runtime_type auto: measuring {', '.join(paths)} on this machine, {ROUNDS} rounds")
     for rnd in range(ROUNDS):
         for kind, p in paths.items():
             if rnd or kind != "original":
