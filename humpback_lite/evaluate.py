@@ -363,13 +363,11 @@ def data_stats(segments: list[dict], pairs: list[dict], top: int = 10) -> dict:
 def read_metrics(run: Run, ifeval: bool = True) -> dict | None:
     """The evaluation's figures: the evaluate stage's metrics.json, with the ifeval stage's under
     "ifeval" (unless `ifeval` is false: the recipe no longer asks for it); None when neither ran."""
-    out: dict | None = None
-    for stage in ("evaluate", "ifeval") if ifeval else ("evaluate",):
-        path = run.dir(stage) / "metrics.json"
-        if path.exists():
-            m = json.loads(path.read_text())
-            out = {**(out or {}), **({"ifeval": m} if stage == "ifeval" else m)}
-    return out
+    held_out, ife = run.dir("evaluate") / "metrics.json", run.dir("ifeval") / "metrics.json"
+    out = json.loads(held_out.read_text()) if held_out.exists() else {}
+    if ifeval and ife.exists():
+        out["ifeval"] = json.loads(ife.read_text())
+    return out or None
 
 
 def curation_figures(run: Run, rounds: int | None = None) -> list[dict]:

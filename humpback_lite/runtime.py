@@ -48,7 +48,7 @@ BYTES_PER_WEIGHT = {"f16": 2.0, "bf16": 2.0, "f32": 4.0, "q8_0": 34 / 32}
 # augment reads ~390 per ~15 generated; evaluation answers ~35 per ~120. So one overall type, weighted that way; a second copy for generation
 # alone would double the disk and memory for the minority of the work.
 PROMPT_PER_GENERATED = 40
-PROMPT_TOKENS, DECODES = 128, 16  # ~0.5 s per type and round for a 135M model on 2 cores
+PROMPT_TOKENS, DECODES = 128, 16  # ~0.8 s per type and round with its load (135M model, 2 cores: 7 s for 3 x 3)
 # Rounds over all types, each type's best kept: a VM's slow spell (steal time) of a second or two
 # lands on one type in one round, not on one type throughout. Measured on a 2-core EPYC VM, one
 # round per type: BF16 read 600 prompt tokens/s in the spell and lost to F16 (607), so a whole
