@@ -102,6 +102,19 @@ def remove_stale_temps(folder: str | Path) -> int:
     return n
 
 
+def remove_stale_temps_of(target: str | Path) -> int:
+    """Delete the temps killed atomic writes of `target` left beside it (a command rerun into a
+    folder the user named, where `remove_stale_temps` would reach the user's other files)."""
+    target = Path(target)
+    own = re.compile(rf"^\.{re.escape(target.name)}\.[a-z0-9_]{{8}}(\.[A-Za-z0-9]+)?$")
+    n = 0
+    for p in target.parent.glob(".*") if target.parent.is_dir() else ():
+        if own.match(p.name):
+            shutil.rmtree(p) if p.is_dir() else p.unlink()
+            n += 1
+    return n
+
+
 def dumps(obj: Any, **kw: Any) -> str:
     """JSON as readable UTF-8; a string that UTF-8 cannot hold (a file name that is not UTF-8,
     decoded by Python with lone surrogates) is written as \\udcXX escapes instead of failing."""

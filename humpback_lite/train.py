@@ -14,13 +14,14 @@ import functools
 import json
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import tempfile
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +30,7 @@ from .layout import TrainCounts
 from .models import END_OF_TURN, ModelCard, chat_template, default_chat_template
 from .progress import Progress, silent
 from .recipe import TrainConfig
-from .store import atomic_dir, check_owned, write_text
+from .store import atomic_dir, check_owned, remove_stale_temps_of, write_text
 
 
 class TrainError(RuntimeError):
@@ -283,18 +284,19 @@ def train_lora(
             if not cuda:
                 _trim_heap()
 
-    trainer = SFTTrainer(
-        model=model, args=_sft_config(cfg, Path(out_dir).parent / ".trainer", seed, cuda, _world()),
-        train_dataset=ds, processing_class=tok, peft_config=peft_cfg, callbacks=[_AfterEachStep()],
-    )
-    trainer.remove_callback(PrinterCallback)  # our progress bar replaces the per-step dict prints
-    n_tokens = sum(len(x["input_ids"]) for x in trainer.train_dataset)
-    t0 = time.time()
-    # only in bf16 training: in float32 the adapters over an nf4 base are still bf16 and need the cast
-    dtype = train_dtype(cfg.dtype)
-    as_they_are = peft_cfg is not None and dtype == "bfloat16"
-    with _labelled_positions_only(), _adapter_inputs_as_they_are(trainer.model, as_they_are):
-        result = trainer.train()
+    with _scratch(Path(out_dir)) as work:  # the trainer's output_dir: it saves nothing there (save_strategy "no")
+        trainer = SFTTrainer(
+            model=model, args=_sft_config(cfg, work, seed, cuda, _world()),
+            train_dataset=ds, processing_class=tok, peft_config=peft_cfg, callbacks=[_AfterEachStep()],
+        )
+        trainer.remove_callback(PrinterCallback)  # our progress bar replaces the per-step dict prints
+        n_tokens = sum(len(x["input_ids"]) for x in trainer.train_dataset)
+        t0 = time.time()
+        # only in bf16 training: in float32 the adapters over an nf4 base are still bf16 and need the cast
+        dtype = train_dtype(cfg.dtype)
+        as_they_are = peft_cfg is not None and dtype == "bfloat16"
+        with _labelled_positions_only(), _adapter_inputs_as_they_are(trainer.model, as_they_are):
+            result = trainer.train()
     seconds = time.time() - t0
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
     seen = max((float(h.get("num_tokens", 0)) for h in trainer.state.log_history), default=0.0)
@@ -442,6 +444,19 @@ def _die_with_parent() -> None:
         pass
 
 
+@contextlib.contextmanager
+def _scratch(out_dir: Path) -> Iterator[Path]:
+    """A working folder beside `out_dir`, named like atomic_dir's temps: removed on the way out, or,
+    after a SIGKILL, by the resumed stage or rerun command (`remove_stale_temps`), where one in
+    /tmp or a plain name beside the output would stay for good."""
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    try:
+        yield tmp
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 def _launch(rows: list[dict[str, Any]], out_dir: Path, weights: str, cfg: TrainConfig, seed: int,
             progress: StepReport | None, n: int) -> TrainCounts:
     """Train with `n` DDP processes under torchrun; rank 0 writes the adapter to `out_dir`."""
@@ -454,13 +469,13 @@ def _launch(rows: list[dict[str, Any]], out_dir: Path, weights: str, cfg: TrainC
         from .engine import physical_cores
 
         env["OMP_NUM_THREADS"] = str(max(1, physical_cores() // n))  # cores shared, not oversubscribed
-    with tempfile.TemporaryDirectory(prefix="humpback-train-") as tmp:
-        job = Path(tmp) / "job.json"
+    with _scratch(out_dir) as tmp:  # the job (the rows), torchrun's log, the ranks' errors
+        job = tmp / "job.json"
         job.write_text(json.dumps({"rows": rows, "out_dir": str(out_dir), "weights": weights, "seed": seed,
-                                   "cfg": dataclasses.asdict(cfg), "errors": tmp}))
+                                   "cfg": dataclasses.asdict(cfg), "errors": str(tmp)}))
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={n}",
                "-m", "humpback_lite.train", str(job)]
-        with open(Path(tmp) / "log.txt", "w+") as log:
+        with open(tmp / "log.txt", "w+") as log:
             proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=log, text=True,
                                     preexec_fn=_die_with_parent if sys.platform == "linux" else None)
             try:
@@ -474,7 +489,7 @@ def _launch(rows: list[dict[str, Any]], out_dir: Path, weights: str, cfg: TrainC
                     proc.terminate()
                     proc.wait()
             if code:
-                raise _worker_error(Path(tmp), log, n, code)
+                raise _worker_error(tmp, log, n, code)
     return TrainCounts.of(json.loads((out_dir / "train_stats.json").read_text()))
 
 
@@ -518,6 +533,8 @@ def run(examples: list[dict[str, Any]], adapter_dir: Path, gguf_out: Path, card:
     (PEFT), converted into `gguf_out` for llama.cpp."""
     from .adapters import peft_to_gguf
 
+    for target in (adapter_dir, gguf_out):  # what a killed earlier try left half-written
+        remove_stale_temps_of(target)
     # before minutes of training: a folder of the user's own files is refused, not replaced
     check_owned(adapter_dir, ADAPTER_FILES | {Path(gguf_out).name})
     weights = prepare_weights(card, gguf, progress)

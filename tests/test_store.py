@@ -11,6 +11,7 @@ from humpback_lite.store import (
     claim_output,
     inputs_path,
     read_jsonl,
+    remove_stale_temps_of,
     unique_ids,
     write_json,
 )
@@ -203,6 +204,22 @@ def test_a_resumed_stage_loses_what_killed_atomic_writes_left_and_keeps_its_reco
     (d / "data.jsonl").write_text('{"id": 1}\n')
     (d / ".adapter.gguf.5s_cfk33.tmp").write_text("half")  # atomic_path's temp, killed before the rename
     (d / ".adapter.x1y2z3w4").mkdir()  # atomic_dir's
-    (d / ".trainer").mkdir()  # the trainer's own folder is no temp
+    (d / ".trainer").mkdir()  # a dot-folder of another name is no temp
     run.begin("round_01/train", "fp")  # the rerun after the kill
     assert sorted(p.name for p in d.iterdir()) == [".trainer", "data.jsonl"]
+
+
+def test_a_rerun_command_removes_only_its_own_targets_temps_from_the_users_folder(tmp_path):
+    out = tmp_path / "adapter"
+    out.mkdir()
+    (tmp_path / ".adapter.k3j_x9q2").mkdir()  # atomic_dir's, or a DDP launch's job folder
+    (out / ".adapter.gguf.5s_cfk33.gguf").write_text("half")  # the converter's atomic_path temp
+    kept = [tmp_path / ".adapterx.k3j_x9q2", tmp_path / ".adapter", tmp_path / ".adapter.notatemp-name",
+            tmp_path / ".config"]
+    for p in kept:
+        p.write_text("the user's")
+    assert remove_stale_temps_of(out) == 1
+    assert remove_stale_temps_of(out / "adapter.gguf") == 1
+    assert remove_stale_temps_of(tmp_path / "missing" / "x") == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([p.name for p in kept] + ["adapter"])
+    assert not list(out.iterdir())
