@@ -1,7 +1,8 @@
 """Crashes inside llama.cpp are never silent.
 
 A segmentation fault or abort in C code kills the process before Python can say anything, and
-llama.cpp's own log is silenced while a model loads. So, once per process:
+llama-cpp-python silences llama.cpp's log while a model loads. So, once per process, llama.cpp's
+log goes to a file of our own (`route_llama_log`, quoted by load errors), and:
 - `faulthandler` writes the Python stack of every thread to the terminal (a copy of stderr taken
   before anything silences it);
 - a small watcher process learns, through a pipe, which llama.cpp operation is in flight
@@ -88,6 +89,44 @@ def install() -> _Guard:
     if _guard is None or _guard.pid != os.getpid():
         _guard = _Guard()
     return _guard
+
+
+_llama_log_callback = None  # referenced for the process's life: llama.cpp keeps calling it
+
+
+def route_llama_log() -> None:
+    """Send what llama.cpp logs through its callback to the guard's log (to fd 2 under
+    HUMPBACK_VERBOSE), where `log_tail` and crash reports read it.
+
+    llama-cpp-python prints those messages to `sys.stderr`, which it swaps for /dev/null while a
+    model loads (verbose=False), so the reason a file fails to load ("tensor ... data is not within
+    the file bounds") was lost: the error said only "Failed to load model from file"."""
+    global _llama_log_callback
+    if _llama_log_callback is not None:
+        return
+    import ctypes
+
+    import llama_cpp
+
+    install()
+    verbose = bool(os.environ.get("HUMPBACK_VERBOSE"))
+
+    debug, cont = 1, 5  # ggml.h's ggml_log_level (llama-cpp-python's comment has an older order)
+    last = [0]
+
+    @llama_cpp.llama_log_callback
+    def write(level: int, text: bytes, user_data: ctypes.c_void_p) -> None:
+        level = last[0] if level == cont else level
+        last[0] = level
+        guard = _guard
+        if verbose or guard is None:
+            os.write(2, text)
+        elif level != debug:  # ~2,000 debug lines per load (230 KB); a reason to quote is never one
+            with contextlib.suppress(OSError):
+                os.write(guard.log, text)
+
+    llama_cpp.llama_log_set(write, ctypes.c_void_p(0))
+    _llama_log_callback = write
 
 
 @contextlib.contextmanager

@@ -357,6 +357,7 @@ class Engine(Prompting):
                             "known llama.cpp crash." if self.extra_buffers and AMX_FLAGS & cpu_flags() else "")
         self.name = self.gguf.name + (f" + {Path(adapter).name}" if adapter else "")
         crashguard.install()  # before quiet_stderr redirects fd 2
+        crashguard.route_llama_log()
         try:
             # `parallel` sequences, each with its own n_ctx cells of the KV cache (llama.cpp splits
             # the cache per sequence unless kv_unified is set; attention then reads only its own).

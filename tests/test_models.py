@@ -31,7 +31,7 @@ def test_unknown_model_lists_known_ones():
 
 
 @pytest.mark.slow  # loads the real model into llama.cpp
-def test_corrupt_model_file_is_a_clear_error(tmp_path):
+def test_corrupt_model_file_is_a_clear_error_with_llamas_reason(model_gguf, tmp_path):
     bad = tmp_path / "broken.gguf"
     bad.write_bytes(b"this is not a model")
     with pytest.raises(ModelError, match="broken.gguf: not a GGUF file"):
@@ -40,6 +40,13 @@ def test_corrupt_model_file_is_a_clear_error(tmp_path):
     truncated.write_bytes(b"GGUF" + b"\x03\x00\x00\x00" + b"\x00" * 64)
     with pytest.raises(ModelError, match="llama.cpp could not load .*truncated.gguf"):
         Engine(truncated)
+    # a download cut short: the header reads, the tensors do not; llama.cpp's own reason is quoted
+    # (llama-cpp-python silences it while loading)
+    cut = tmp_path / "cut.gguf"
+    with open(model_gguf, "rb") as f:
+        cut.write_bytes(f.read(model_gguf.stat().st_size // 2))
+    with pytest.raises(ModelError, match=r"(?s)cut.gguf.*llama.cpp said:.*data is not within the file bounds"):
+        Engine(cut)
 
 
 @pytest.mark.slow  # needs the embedded model's file (fetched, or its vocabulary loaded)
