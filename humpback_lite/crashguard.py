@@ -110,7 +110,6 @@ def route_llama_log() -> None:
 
     install()
     verbose = bool(os.environ.get("HUMPBACK_VERBOSE"))
-
     debug, cont = 1, 5  # ggml.h's ggml_log_level (llama-cpp-python's comment has an older order)
     last = [0]
 
@@ -118,12 +117,10 @@ def route_llama_log() -> None:
     def write(level: int, text: bytes, user_data: ctypes.c_void_p) -> None:
         level = last[0] if level == cont else level
         last[0] = level
-        guard = _guard
-        if verbose or guard is None:
-            os.write(2, text)
-        elif level != debug:  # ~2,000 debug lines per load (230 KB); a reason to quote is never one
+        # ~2,000 debug lines per load (230 KB) stay out of the file; a reason to quote is never one
+        if verbose or level != debug:
             with contextlib.suppress(OSError):
-                os.write(guard.log, text)
+                os.write(2 if verbose else _guard.log, text)  # the guard of this process (install)
 
     llama_cpp.llama_log_set(write, ctypes.c_void_p(0))
     _llama_log_callback = write
