@@ -117,7 +117,7 @@ def route_llama_log() -> None:
     def write(level: int, text: bytes, user_data: ctypes.c_void_p) -> None:
         level = last[0] if level == cont else level
         last[0] = level
-        # ~2,000 debug lines per load (230 KB) stay out of the file; a reason to quote is never one
+        # ~2,000 debug lines per load (~220 KB) stay out of the file; a reason to quote is never one
         if verbose or level != debug:
             with contextlib.suppress(OSError):
                 os.write(2 if verbose else _guard.log, text)  # the guard of this process (install)

@@ -86,33 +86,48 @@ def copy_tree(src: str | Path, dst: str | Path) -> None:
             copy_file(f, Path(dst) / f.relative_to(src))
 
 
-# What atomic_path and atomic_dir leave when the process is killed before the rename: a dot, the
+# What atomic_path, atomic_dir and scratch_dir leave when the process is killed: a dot, the
 # target's name, mkstemp's 8 random characters, and the temp suffix (".tmp", ".gguf", ...) if any.
-_ATOMIC_TEMP = re.compile(r"^\..+\.[a-z0-9_]{8}(\.[A-Za-z0-9]+)?$")
+def _temp_name(target: str = ".+") -> re.Pattern[str]:
+    return re.compile(rf"^\.{target}\.[a-z0-9_]{{8}}(\.[A-Za-z0-9]+)?$")
+
+
+_ATOMIC_TEMP = _temp_name()
+
+
+def _remove(paths: Iterable[Path], pattern: re.Pattern[str]) -> int:
+    n = 0
+    for p in paths:
+        if pattern.match(p.name) and p.exists():
+            shutil.rmtree(p) if p.is_dir() else p.unlink()
+            n += 1
+    return n
 
 
 def remove_stale_temps(folder: str | Path) -> int:
     """Delete what killed atomic writes left in `folder` (a stage resumed after a kill); the number
     removed. Only names of that form: a user's or the trainer's own dot-files stay."""
-    n = 0
-    for p in sorted(Path(folder).rglob(".*"), key=lambda p: len(p.parts), reverse=True):
-        if _ATOMIC_TEMP.match(p.name) and p.exists():
-            shutil.rmtree(p) if p.is_dir() else p.unlink()
-            n += 1
-    return n
+    return _remove(sorted(Path(folder).rglob(".*"), key=lambda p: len(p.parts), reverse=True), _ATOMIC_TEMP)
 
 
 def remove_stale_temps_of(target: str | Path) -> int:
     """Delete the temps killed atomic writes of `target` left beside it (a command rerun into a
     folder the user named, where `remove_stale_temps` would reach the user's other files)."""
     target = Path(target)
-    own = re.compile(rf"^\.{re.escape(target.name)}\.[a-z0-9_]{{8}}(\.[A-Za-z0-9]+)?$")
-    n = 0
-    for p in target.parent.glob(".*") if target.parent.is_dir() else ():
-        if own.match(p.name):
-            shutil.rmtree(p) if p.is_dir() else p.unlink()
-            n += 1
-    return n
+    beside = target.parent.glob(".*") if target.parent.is_dir() else ()
+    return _remove(beside, _temp_name(re.escape(target.name)))
+
+
+@contextlib.contextmanager
+def scratch_dir(target: str | Path) -> Iterator[Path]:
+    """A working folder beside `target` under an atomic temp's name: removed on the way out, or,
+    after a SIGKILL, by the resumed stage or rerun command (`remove_stale_temps`, `_of`), where one
+    in /tmp or under a plain name beside the output would stay for good."""
+    tmp = _mkdtemp_beside(Path(target))
+    try:
+        yield tmp
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def dumps(obj: Any, **kw: Any) -> str:
@@ -156,8 +171,7 @@ def atomic_dir(path: str | Path, owned: Collection[str] | None = None) -> Iterat
     path = Path(path)
     if owned is not None:
         check_owned(path, owned)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    tmp = _mkdtemp_beside(path)
     try:
         yield tmp
         if owned is not None:
@@ -174,6 +188,11 @@ def atomic_dir(path: str | Path, owned: Collection[str] | None = None) -> Iterat
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _mkdtemp_beside(path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
 
 
 def check_owned(path: str | Path, owned: Collection[str]) -> None:

@@ -14,14 +14,12 @@ import functools
 import json
 import logging
 import os
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +28,7 @@ from .layout import TrainCounts
 from .models import END_OF_TURN, ModelCard, chat_template, default_chat_template
 from .progress import Progress, silent
 from .recipe import TrainConfig
-from .store import atomic_dir, check_owned, remove_stale_temps_of, write_text
+from .store import atomic_dir, check_owned, remove_stale_temps_of, scratch_dir, write_text
 
 
 class TrainError(RuntimeError):
@@ -284,7 +282,7 @@ def train_lora(
             if not cuda:
                 _trim_heap()
 
-    with _scratch(Path(out_dir)) as work:  # the trainer's output_dir: it saves nothing there (save_strategy "no")
+    with scratch_dir(out_dir) as work:  # the trainer's output_dir: it saves nothing there (save_strategy "no")
         trainer = SFTTrainer(
             model=model, args=_sft_config(cfg, work, seed, cuda, _world()),
             train_dataset=ds, processing_class=tok, peft_config=peft_cfg, callbacks=[_AfterEachStep()],
@@ -444,19 +442,6 @@ def _die_with_parent() -> None:
         pass
 
 
-@contextlib.contextmanager
-def _scratch(out_dir: Path) -> Iterator[Path]:
-    """A working folder beside `out_dir`, named like atomic_dir's temps: removed on the way out, or,
-    after a SIGKILL, by the resumed stage or rerun command (`remove_stale_temps`), where one in
-    /tmp or a plain name beside the output would stay for good."""
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-    try:
-        yield tmp
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-
-
 def _launch(rows: list[dict[str, Any]], out_dir: Path, weights: str, cfg: TrainConfig, seed: int,
             progress: StepReport | None, n: int) -> TrainCounts:
     """Train with `n` DDP processes under torchrun; rank 0 writes the adapter to `out_dir`."""
@@ -469,7 +454,7 @@ def _launch(rows: list[dict[str, Any]], out_dir: Path, weights: str, cfg: TrainC
         from .engine import physical_cores
 
         env["OMP_NUM_THREADS"] = str(max(1, physical_cores() // n))  # cores shared, not oversubscribed
-    with _scratch(out_dir) as tmp:  # the job (the rows), torchrun's log, the ranks' errors
+    with scratch_dir(out_dir) as tmp:  # the job (the rows), torchrun's log, the ranks' errors
         job = tmp / "job.json"
         job.write_text(json.dumps({"rows": rows, "out_dir": str(out_dir), "weights": weights, "seed": seed,
                                    "cfg": dataclasses.asdict(cfg), "errors": str(tmp)}))
